@@ -1,0 +1,38 @@
+# The two commands: `make run` and `make test`. Both install what is missing first.
+SHELL := bash
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: install keycloak keycloak-stop keycloak-reset run test
+
+$(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml
+	@scripts/prerequisites.sh
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+## install: virtualenv, pinned Python packages, the Keycloak distribution (cached outside the repository)
+install: $(STAMP)
+	@scripts/keycloak.sh fetch
+
+## keycloak: start Keycloak in the background with the edm realm; returns once ready, harmless when running
+keycloak: install
+	@scripts/keycloak.sh start
+
+## keycloak-stop: stop it
+keycloak-stop:
+	@scripts/keycloak.sh stop
+
+## keycloak-reset: stop it and drop its dev database; the next start imports keycloak/realm-edm.json afresh
+keycloak-reset:
+	@scripts/keycloak.sh reset
+
+## run: Keycloak plus the gateway under gunicorn on 127.0.0.1:8000 in the foreground; Ctrl-C stops both
+run: install
+	@scripts/run.sh
+
+## test: the whole suite against the real Keycloak (started for the run, stopped after if it was not running)
+test: install
+	@scripts/test.sh

@@ -1,0 +1,24 @@
+"""The EDM auth gateway: a Backend-for-Frontend in front of the Keycloak realm `edm`."""
+
+from flask import Flask
+
+from gateway.config import load_settings
+from gateway.errors import register_error_handlers
+from gateway.keycloak import Keycloak
+
+
+def create_app(test_config=None):
+    """Build the app: defaults, then the environment, then `test_config` (keyed by variable name)."""
+    app = Flask(__name__)
+    settings = load_settings(overrides=test_config)
+    app.config["SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # the documented bodies have a key order
+    app.extensions["keycloak"] = Keycloak(settings)
+
+    register_error_handlers(app)
+
+    from gateway import api
+
+    app.register_blueprint(api.bp)
+    return app

@@ -1,0 +1,91 @@
+"""Typed configuration: defaults, then the environment, then a test mapping; checked once at start.
+
+Every variable the gateway reads is in ``VARIABLES``; the README's table lists the same ones.
+"""
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _url(name, value):
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name} must be an http(s) URL, got {value!r}")
+    # python-keycloak joins paths onto the base URL: without the trailing slash `/auth` would be dropped.
+    return value if value.endswith("/") else value + "/"
+
+
+def _text(name, value):
+    if not value.strip():
+        raise ConfigError(f"{name} must not be empty")
+    return value
+
+
+def _seconds(name, value):
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+    if not 0 < seconds <= 300:
+        raise ConfigError(f"{name} must be between 0 and 300 seconds, got {value!r}")
+    return seconds
+
+
+def _bytes(name, value):
+    if not value.isdigit() or int(value) < 1024:
+        raise ConfigError(f"{name} must be a whole number of bytes, at least 1024, got {value!r}")
+    return int(value)
+
+
+# variable: (settings field, parser, default; None means required)
+VARIABLES = {
+    "KEYCLOAK_URL": ("keycloak_url", _url, "http://localhost:8180/auth/"),
+    "KEYCLOAK_PUBLIC_URL": ("keycloak_public_url", _url, ""),
+    "KEYCLOAK_REALM": ("realm", _text, "edm"),
+    "KEYCLOAK_CLIENT_ID": ("client_id", _text, "edmportal"),
+    "KEYCLOAK_CLIENT_SECRET": ("client_secret", _text, None),
+    "KEYCLOAK_TIMEOUT": ("timeout", _seconds, "5"),
+    "GATEWAY_MAX_BODY_BYTES": ("max_body_bytes", _bytes, "16384"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The gateway's settings, parsed and checked."""
+
+    keycloak_url: str
+    keycloak_public_url: str
+    realm: str
+    client_id: str
+    client_secret: str
+    timeout: float
+    max_body_bytes: int
+
+    @property
+    def issuer(self):
+        """The `iss` every token of the realm must carry: from the public URL, never the one called."""
+        return f"{self.keycloak_public_url}realms/{self.realm}"
+
+
+def load_settings(environ=None, overrides=None):
+    """Build Settings from the environment (or `environ`), then `overrides` keyed by variable name."""
+    environ = os.environ if environ is None else environ
+    raw = {name: environ.get(name) for name in VARIABLES}
+    raw.update(overrides or {})
+    values = {}
+    for name, (field, parse, default) in VARIABLES.items():
+        value = raw.get(name)
+        if value is None or value == "":
+            if default is None:
+                raise ConfigError(f"{name} is required but not set")
+            if default == "":
+                continue
+            value = default
+        values[field] = parse(name, str(value))
+    values.setdefault("keycloak_public_url", values["keycloak_url"])
+    return Settings(**values)

@@ -1,0 +1,256 @@
+"""Every call to Keycloak, and the only module that imports `keycloak`, `requests` or `jwcrypto`.
+
+It returns plain values and raises the gateway's own errors (`gateway.errors`): `_upstream()` translates
+python-keycloak's exceptions, and Keycloak's JSON refusals through a table per operation.
+"""
+
+import base64
+import json
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import requests
+from jwcrypto import jwk, jwt
+from jwcrypto.common import JWException
+from keycloak import KeycloakAdmin, KeycloakOpenID, KeycloakOpenIDConnection
+from keycloak.exceptions import KeycloakConnectionError, KeycloakError
+
+from gateway.errors import (
+    AccountDisabled,
+    AccountLocked,
+    AccountNotSetUp,
+    InvalidAccessToken,
+    InvalidRefreshToken,
+    UpstreamBadResponse,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    UsernameNotFound,
+    WrongPassword,
+)
+from gateway.userlock import UsernameLock
+
+log = logging.getLogger(__name__)
+
+LEEWAY_SECONDS = 30
+
+
+class _CredentialsRejected(Exception):
+    """Keycloak's "Invalid user credentials": unknown user, wrong password or locked; a look-up decides."""
+
+
+# (error, error_description) -> what it means; (error, None) matches any description of that error.
+LOGIN_REFUSALS = {
+    ("invalid_grant", "Invalid user credentials"): _CredentialsRejected,
+    ("invalid_grant", "Account disabled"): AccountDisabled,
+    ("invalid_grant", "User disabled"): AccountDisabled,
+    ("invalid_grant", "Account temporarily disabled"): AccountLocked,
+    ("invalid_grant", "Account is not fully set up"): AccountNotSetUp,
+}
+REFRESH_REFUSALS = {
+    ("invalid_grant", "Account disabled"): AccountDisabled,
+    ("invalid_grant", "User disabled"): AccountDisabled,
+    ("invalid_grant", None): InvalidRefreshToken,
+}
+LOGOUT_REFUSALS = {("invalid_grant", None): InvalidRefreshToken}
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A token response of Keycloak, its access token verified."""
+
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    claims: dict
+
+
+def _refusal_of(exc):
+    """Keycloak's (error, error_description) from a refusal's JSON body, or (None, None)."""
+    try:
+        body = json.loads(exc.response_body or b"")
+    except (TypeError, ValueError):
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    return body.get("error"), body.get("error_description")
+
+
+@contextmanager
+def _upstream(operation, refusals=None):
+    """Translate python-keycloak's exceptions into the gateway's, the most specific class."""
+    try:
+        yield
+    except KeycloakConnectionError as exc:
+        if isinstance(exc.__cause__, requests.Timeout):
+            raise UpstreamTimeout(f"{operation}: no answer in time") from exc
+        raise UpstreamUnavailable(f"{operation}: {type(exc.__cause__).__name__}") from exc
+    except KeycloakError as exc:
+        error, description = _refusal_of(exc)
+        refusal = (refusals or {}).get((error, description)) or (refusals or {}).get((error, None))
+        reason = f"{operation}: HTTP {exc.response_code} {error or 'non-JSON body'}: {description or ''}".rstrip()
+        if refusal is None:
+            raise UpstreamBadResponse(reason) from exc
+        raise refusal(reason) from exc
+    except TypeError as exc:  # python-keycloak's word for "the body was not the JSON type it expected"
+        raise UpstreamBadResponse(f"{operation}: unexpected body") from exc
+
+
+def _b64_json(segment):
+    return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+
+
+class RealmKeys:
+    """The realm's signing keys by `kid`: fetched once, fetched again only for an unknown `kid`, at most
+    once per `refetch_interval` seconds so that forged `kid`s cannot make the gateway hammer Keycloak."""
+
+    def __init__(self, fetch, refetch_interval=2.0):
+        self._fetch = fetch
+        self._refetch_interval = refetch_interval
+        self._keys = {}
+        self._fetched_at = None
+        self._lock = threading.Lock()
+        self.fetches = 0
+
+    def get(self, kid):
+        """The public key named `kid`, or None when the realm does not publish it."""
+        key = self._keys.get(kid)
+        if key is not None:
+            return key
+        with self._lock:
+            key = self._keys.get(kid)
+            recent = self._fetched_at is not None and time.monotonic() - self._fetched_at < self._refetch_interval
+            if key is None and not recent:
+                self._keys = self._load()
+                self._fetched_at = time.monotonic()
+                key = self._keys.get(kid)
+        return key
+
+    def _load(self):
+        self.fetches += 1
+        document = self._fetch()
+        keys = {}
+        for entry in document.get("keys", []) if isinstance(document, dict) else []:
+            if isinstance(entry, dict) and entry.get("use", "sig") == "sig" and entry.get("kty") == "RSA":
+                try:
+                    keys[entry["kid"]] = jwk.JWK(**entry)
+                except (KeyError, TypeError, ValueError, JWException):
+                    log.warning("ignoring an unusable key in the realm's JWKS")
+        if not keys:
+            raise UpstreamBadResponse("realm keys: no RSA signing key published")
+        return keys
+
+
+class Keycloak:
+    """The realm `edm` as the gateway uses it: grants, logout, user look-ups and token verification.
+
+    python-keycloak's clients change headers on their connection per call, so each thread (and each process,
+    after a fork) gets its own; their connection pools are per thread too.
+    """
+
+    def __init__(self, settings):
+        self.settings = settings
+        self._local = threading.local()
+        self.keys = RealmKeys(self._fetch_jwks)
+        self._username_lock = UsernameLock(timeout=settings.timeout)
+
+    def _clients(self):
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            s = self.settings
+            # Explicit timeout and no retries: a retried password grant would be a second brute-force failure.
+            options = dict(server_url=s.keycloak_url, timeout=s.timeout, max_retries=0)
+            local.openid = KeycloakOpenID(
+                realm_name=s.realm, client_id=s.client_id, client_secret_key=s.client_secret, **options
+            )
+            connection = KeycloakOpenIDConnection(
+                realm_name=s.realm, client_id=s.client_id, client_secret_key=s.client_secret, **options
+            )
+            # It would build its own token client with python-keycloak's POST retry; it gets ours instead.
+            connection._keycloak_openid = local.openid
+            local.admin = KeycloakAdmin(connection=connection)
+            local.pid = os.getpid()
+        return local
+
+    def login(self, username, password):
+        """The password grant; on "Invalid user credentials" one admin look-up says which failure it was."""
+        with self._username_lock.hold(username):
+            try:
+                with _upstream("password grant", LOGIN_REFUSALS):
+                    body = self._clients().openid.token(username=username, password=password, scope="profile email")
+            except _CredentialsRejected as exc:
+                rejected = exc
+            else:
+                return self._tokens(body)
+        raise self._credential_failure(username, rejected.args[0])
+
+    def _credential_failure(self, username, reason):
+        admin = self._clients().admin
+        query = {"username": username, "exact": "true", "briefRepresentation": "true", "first": 0, "max": 1}
+        with _upstream("user look-up"):
+            users = admin.get_users(query)
+        if not users:
+            return UsernameNotFound(reason)
+        user_id = users[0].get("id") if isinstance(users[0], dict) else None
+        if not isinstance(user_id, str):
+            return UpstreamBadResponse("user look-up: no user id")
+        with _upstream("brute-force status"):
+            status = admin.get_bruteforce_detection_status(user_id)
+        if status.get("disabled") is True:
+            return AccountLocked(reason + " (temporarily locked by brute-force detection)")
+        return WrongPassword(reason)
+
+    def refresh(self, refresh_token):
+        """The refresh grant: new tokens for a live session."""
+        with _upstream("refresh grant", REFRESH_REFUSALS):
+            body = self._clients().openid.refresh_token(refresh_token)
+        return self._tokens(body)
+
+    def logout(self, refresh_token):
+        """End the session of `refresh_token`; ending an ended session is not an error."""
+        with _upstream("logout", LOGOUT_REFUSALS):
+            self._clients().openid.logout(refresh_token)
+
+    def _fetch_jwks(self):
+        with _upstream("realm keys"):
+            return self._clients().openid.certs()
+
+    def _tokens(self, body):
+        try:
+            access, refresh, expires_in = body["access_token"], body["refresh_token"], body["expires_in"]
+        except (KeyError, TypeError):
+            raise UpstreamBadResponse("token response without access_token, refresh_token or expires_in") from None
+        if not (isinstance(access, str) and isinstance(refresh, str) and isinstance(expires_in, int)):
+            raise UpstreamBadResponse("token response with fields of the wrong type")
+        try:
+            claims = self.verify_access_token(access)
+        except InvalidAccessToken as exc:
+            raise UpstreamBadResponse(f"Keycloak issued a token the gateway cannot verify: {exc.reason}") from None
+        return Tokens(access, refresh, expires_in, claims)
+
+    def verify_access_token(self, token):
+        """The claims of an access token of this realm and client, checked locally; else InvalidAccessToken."""
+        s = self.settings
+        try:
+            header = _b64_json(token.split(".", 1)[0])
+            if not isinstance(header, dict) or header.get("alg") != "RS256":
+                raise InvalidAccessToken("not an RS256 token")
+            key = self.keys.get(header.get("kid"))
+            if key is None:
+                raise InvalidAccessToken("signed by a key the realm does not publish")
+            verified = jwt.JWT(
+                algs=["RS256"],
+                expected_type="JWS",
+                check_claims={"iss": s.issuer, "exp": None, "sub": None, "azp": s.client_id},
+            )
+            verified.leeway = LEEWAY_SECONDS
+            verified.deserialize(token, key)
+            claims = json.loads(verified.claims)
+            if not isinstance(claims, dict) or not isinstance(claims.get("sub"), str) or claims.get("typ") != "Bearer":
+                raise InvalidAccessToken("not an access token")
+        except (JWException, ValueError, TypeError, UnicodeError) as exc:
+            raise InvalidAccessToken(f"{type(exc).__name__}: {exc}") from None
+        return claims

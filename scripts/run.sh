@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# `make run`: Keycloak in the background, the gateway under gunicorn in the foreground; Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+started=no
+gunicorn_pid=
+cleanup() {
+  if [ -n "$gunicorn_pid" ]; then kill -TERM "$gunicorn_pid" 2>/dev/null; wait "$gunicorn_pid" 2>/dev/null; fi
+  if [ "$started" = yes ]; then scripts/keycloak.sh stop; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+if ! scripts/keycloak.sh status >/dev/null 2>&1; then
+  scripts/keycloak.sh start
+  started=yes
+fi
+
+# Local defaults of the stack; any of them can be overridden from the environment.
+export KEYCLOAK_URL=${KEYCLOAK_URL:-http://localhost:8180/auth/}
+export KEYCLOAK_CLIENT_SECRET=${KEYCLOAK_CLIENT_SECRET:-edmportal-dev-secret}
+export GATEWAY_BIND=${GATEWAY_BIND:-127.0.0.1:8000}
+
+cat <<TXT
+
+EDM auth gateway on http://$GATEWAY_BIND (Keycloak $(scripts/keycloak.sh version) on http://localhost:8180/auth)
+Log in as the seed's user:
+
+  curl -s -X POST http://$GATEWAY_BIND/api/login -H 'Content-Type: application/json' \\
+       -d '{"username":"ahmadakbar","password":"password"}'
+
+Admin console of realm edm: http://localhost:8180/auth/admin/edm/console/  (edmadmin / edmadmin)
+Ctrl-C stops the gateway and Keycloak.
+
+TXT
+.venv/bin/gunicorn 'gateway:create_app()' &
+gunicorn_pid=$!
+wait "$gunicorn_pid"

@@ -1,0 +1,49 @@
+"""Under gunicorn (2 worker processes, 4 threads each) against the real Keycloak: concurrent logins never mix
+users up, and concurrent logins of one username never fail falsely (Keycloak refuses overlapping grants)."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.conftest import DEV_SECRET, LIVE_URL, Gunicorn
+
+
+@pytest.fixture
+def gateway(kc):
+    server = Gunicorn({"KEYCLOAK_URL": LIVE_URL, "KEYCLOAK_CLIENT_SECRET": DEV_SECRET,
+                       "GATEWAY_WORKERS": "2", "GATEWAY_THREADS": "4"}).wait_ready()
+    yield server
+    server.stop()
+
+
+def login_all(gateway, users, workers):
+    def login(user):
+        return requests.post(gateway.url + "/api/login", timeout=30,
+                             json={"username": user.username, "password": user.password})
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(login, users))
+
+
+def test_many_users_at_once_each_get_their_own_identity(gateway, kc):
+    users = [kc.create_user() for _ in range(8)]
+    answers = login_all(gateway, users * 3, workers=16)
+    assert [(a.status_code, a.json()["message"]) for a in answers] == [(200, u.id) for u in users * 3]
+
+
+def test_one_user_logging_in_many_times_at_once_always_succeeds(gateway, kc):
+    user = kc.create_user()
+    answers = login_all(gateway, [user] * 12, workers=12)
+    assert [(a.status_code, a.json()["message"]) for a in answers] == [(200, user.id)] * 12
+    assert kc.admin.get_bruteforce_detection_status(user.id)["numFailures"] == 0
+
+
+def test_without_the_gateway_keycloak_refuses_overlapping_grants(kc):
+    """The reason the gateway queues grants: straight to Keycloak, some concurrent right-password grants fail."""
+    user = kc.create_user()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: kc.password_grant(user.username, user.password), range(32)))
+    refused = [a.json() for a in answers if a.status_code != 200]
+    assert refused, "Keycloak no longer refuses overlapping grants: the per-username queue may be unnecessary"
+    assert {r["error_description"] for r in refused} == {"Invalid user credentials"}

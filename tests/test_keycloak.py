@@ -1,0 +1,144 @@
+"""How Keycloak's answers become the gateway's: the mapping table, against a mocked token endpoint."""
+
+import pytest
+import requests
+import responses
+from responses import matchers
+
+from tests.conftest import MOCK_URL, Signer
+
+REALM = f"{MOCK_URL}realms/edm"
+TOKEN = f"{REALM}/protocol/openid-connect/token"
+CERTS = f"{REALM}/protocol/openid-connect/certs"
+USERS = f"{MOCK_URL}admin/realms/edm/users"
+BRUTE_FORCE = f"{MOCK_URL}admin/realms/edm/attack-detection/brute-force/users/u-1"
+GRANT_SENT = {"grant_type": "password", "client_id": "edmportal", "client_secret": "mock-secret",
+              "username": "ahmadakbar", "password": "password1", "scope": "profile email"}
+SERVICE_GRANT_SENT = {"grant_type": "client_credentials", "client_id": "edmportal",
+                      "client_secret": "mock-secret", "scope": "openid"}
+
+
+def invalid_grant(status, description):
+    return {"status": status, "json": {"error": "invalid_grant", "error_description": description}}
+
+
+def login(client):
+    return client.post("/api/login", json={"username": "ahmadakbar", "password": "password1"})
+
+
+@pytest.fixture
+def upstream():
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        yield mock
+
+
+def grant_answers(upstream, **answer):
+    upstream.post(TOKEN, match=[matchers.urlencoded_params_matcher(GRANT_SENT)], **answer)
+
+
+def look_up_answers(upstream, users, brute_force=None):
+    upstream.post(TOKEN, match=[matchers.urlencoded_params_matcher(SERVICE_GRANT_SENT)],
+                  json={"access_token": "service-token", "expires_in": 300, "token_type": "Bearer"})
+    upstream.get(USERS, json=users, match=[
+        matchers.query_param_matcher({"username": "ahmadakbar", "exact": "true", "briefRepresentation": "true",
+                                      "first": "0", "max": "1"}),
+        matchers.header_matcher({"Authorization": "Bearer service-token"}),
+    ])
+    if brute_force is not None:
+        upstream.get(BRUTE_FORCE, json=brute_force)
+
+
+def test_success_body_in_documented_order(client, upstream, signer):
+    access = signer.token(sub="2c7b55a6-d513-4682-808f-9d589b5a100a")
+    grant_answers(upstream, json={"access_token": access, "refresh_token": "r-1", "expires_in": 300,
+                                  "token_type": "Bearer"})
+    upstream.get(CERTS, json=signer.jwks)
+    response = login(client)
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.get_data(as_text=True) == (
+        '{"status":200,"message":"2c7b55a6-d513-4682-808f-9d589b5a100a","accessToken":"%s",'
+        '"refreshToken":"r-1","expiresIn":300}\n' % access)
+
+
+@pytest.mark.parametrize("kc_status", [401, 400], ids=["keycloak<=26.5", "keycloak>=26.6"])
+@pytest.mark.parametrize("users, brute_force, body", [
+    ([], None, "code=404, message=username not found"),
+    ([{"id": "u-1", "username": "ahmadakbar"}], {"disabled": False, "numFailures": 1}, "code=400, message=wrong password"),
+    ([{"id": "u-1", "username": "ahmadakbar"}], {"disabled": True, "numFailures": 2}, "code=403, message=account temporarily locked"),
+])
+def test_invalid_credentials_are_told_apart_by_one_look_up(client, upstream, kc_status, users, brute_force, body):
+    grant_answers(upstream, **invalid_grant(kc_status, "Invalid user credentials"))
+    look_up_answers(upstream, users, brute_force)
+    response = login(client)
+    assert (response.status_code, response.json) == (400, body)
+
+
+def test_service_account_token_is_cached_between_look_ups(client, upstream):
+    grant_answers(upstream, **invalid_grant(400, "Invalid user credentials"))
+    look_up_answers(upstream, [])
+    assert login(client).json == "code=404, message=username not found"
+    grant_answers(upstream, **invalid_grant(400, "Invalid user credentials"))
+    upstream.get(USERS, json=[])
+    assert login(client).json == "code=404, message=username not found"
+    service_grants = [c for c in upstream.calls if "client_credentials" in (c.request.body or "")]
+    assert len(service_grants) == 1
+
+
+@pytest.mark.parametrize("answer, status, body", [
+    (invalid_grant(400, "Account disabled"), 400, "code=403, message=account disabled"),
+    (invalid_grant(400, "Account is not fully set up"), 400, "code=403, message=account is not fully set up"),
+    (invalid_grant(400, "Account temporarily disabled"), 400, "code=403, message=account temporarily locked"),
+    ({"status": 401, "json": {"error": "unauthorized_client",
+                              "error_description": "Invalid client or Invalid client credentials"}},
+     502, "code=502, message=authentication service error"),
+    ({"status": 404, "json": {"error": "Realm does not exist"}}, 502, "code=502, message=authentication service error"),
+    ({"status": 401, "json": {"error": "invalid_request", "error_description": "Missing parameter: username"}},
+     502, "code=502, message=authentication service error"),
+    (invalid_grant(400, "Something Keycloak has never said"), 502, "code=502, message=authentication service error"),
+    ({"status": 500, "body": "<html>Internal Server Error</html>"}, 502, "code=502, message=authentication service error"),
+    ({"status": 200, "body": "<html>not json</html>"}, 502, "code=502, message=authentication service error"),
+    ({"status": 200, "json": ["not", "an", "object"]}, 502, "code=502, message=authentication service error"),
+    ({"status": 200, "json": {"token_type": "Bearer"}}, 502, "code=502, message=authentication service error"),
+    ({"status": 200, "json": {"access_token": 1, "refresh_token": "r", "expires_in": 300}}, 502,
+     "code=502, message=authentication service error"),
+    ({"body": requests.ConnectionError("refused")}, 503, "code=503, message=authentication service unavailable"),
+    ({"body": requests.ReadTimeout("slow")}, 504, "code=504, message=authentication service timed out"),
+    ({"body": requests.ConnectTimeout("slow")}, 504, "code=504, message=authentication service timed out"),
+])
+def test_keycloak_answer_to_gateway_answer(client, upstream, answer, status, body):
+    grant_answers(upstream, **answer)
+    response = login(client)
+    assert (response.status_code, response.json) == (status, body)
+    assert len(upstream.calls) == 1  # no POST is ever retried: a retried grant is a second brute-force failure
+
+
+def test_token_signed_by_a_key_the_realm_does_not_publish_is_a_bad_answer(client, upstream, signer):
+    grant_answers(upstream, json={"access_token": Signer(kid="rogue").token(), "refresh_token": "r",
+                                  "expires_in": 300})
+    upstream.get(CERTS, json=signer.jwks)
+    response = login(client)
+    assert (response.status_code, response.json) == (502, "code=502, message=authentication service error")
+
+
+@pytest.mark.parametrize("look_up, status, body", [
+    ({"status": 403, "json": {"error": "unknown_error"}}, 502, "code=502, message=authentication service error"),
+    ({"body": requests.ConnectionError("refused")}, 503, "code=503, message=authentication service unavailable"),
+    ({"body": requests.ReadTimeout("slow")}, 504, "code=504, message=authentication service timed out"),
+    ({"json": {"not": "a list"}}, 502, "code=502, message=authentication service error"),
+    ({"json": [{"username": "ahmadakbar"}]}, 502, "code=502, message=authentication service error"),
+])
+def test_failing_look_up_is_an_upstream_failure(client, upstream, look_up, status, body):
+    grant_answers(upstream, **invalid_grant(400, "Invalid user credentials"))
+    upstream.post(TOKEN, match=[matchers.urlencoded_params_matcher(SERVICE_GRANT_SENT)],
+                  json={"access_token": "service-token", "expires_in": 300})
+    upstream.get(USERS, **look_up)
+    response = login(client)
+    assert (response.status_code, response.json) == (status, body)
+
+
+def test_upstream_error_body_never_reaches_the_client(client, upstream):
+    grant_answers(upstream, status=500, body="java.lang.NullPointerException at org.keycloak.secret")
+    response = login(client)
+    assert "java" not in response.get_data(as_text=True)
+    assert response.json == "code=502, message=authentication service error"

@@ -1,0 +1,29 @@
+"""`pip install .` into an empty virtualenv gives a gateway that starts under gunicorn and logs in."""
+
+import subprocess
+import venv
+
+import requests
+
+from tests.conftest import DEV_SECRET, LIVE_URL, ROOT, Gunicorn
+
+
+def test_pip_install_into_an_empty_virtualenv(tmp_path, kc):
+    venv.create(tmp_path / "venv", with_pip=True)
+    python = tmp_path / "venv" / "bin" / "python"
+    subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(ROOT)], check=True,
+                   timeout=600)
+    site = subprocess.run([python, "-c", "import gateway; print(gateway.__file__)"], capture_output=True,
+                          text=True, check=True, cwd=tmp_path).stdout
+    assert str(tmp_path) in site  # the installed copy, not the checkout
+    # Started outside the checkout, so neither the source tree nor gunicorn.conf.py is used.
+    server = Gunicorn({"KEYCLOAK_URL": LIVE_URL, "KEYCLOAK_CLIENT_SECRET": DEV_SECRET}, cwd=tmp_path,
+                      executable=str(tmp_path / "venv" / "bin" / "gunicorn")).wait_ready()
+    try:
+        response = requests.post(server.url + "/api/login", json={"username": "ahmadakbar", "password": "password"},
+                                 timeout=30)
+        assert (response.status_code, response.json()["message"]) == (200, kc.admin.get_user_id("ahmadakbar"))
+        assert requests.post(server.url + "/api/login", json={}, timeout=30).json() == (
+            "code=400, message=payload is unknown")
+    finally:
+        server.stop()
