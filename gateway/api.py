@@ -1,12 +1,22 @@
-"""The EDM endpoints: `/api/login` (and the session lifecycle around it)."""
+"""The EDM endpoints: login, refresh, logout and who-am-I."""
 
 from flask import Blueprint, current_app
 
-from gateway.schemas import LoginSchema, load
+from gateway.schemas import LoginSchema, RefreshTokenSchema, bearer_token, load
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 login_schema = LoginSchema()
+refresh_token_schema = RefreshTokenSchema()
+
+
+def keycloak():
+    return current_app.extensions["keycloak"]
+
+
+def json_response(body, status=200, headers=None):
+    """A JSON body in the key order given (the app's JSON provider does not sort)."""
+    return current_app.json.response(body), status, headers or {}
 
 
 def token_response(tokens):
@@ -18,12 +28,42 @@ def token_response(tokens):
         "refreshToken": tokens.refresh_token,
         "expiresIn": tokens.expires_in,
     }
-    return current_app.json.response(body), 200, {"Cache-Control": "no-store", "Pragma": "no-cache"}
+    return json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
 @bp.post("/login")
 def login():
     """Exchange `{username, password}` for the realm's tokens."""
     credentials = load(login_schema)
-    tokens = current_app.extensions["keycloak"].login(credentials["username"], credentials["password"])
-    return token_response(tokens)
+    return token_response(keycloak().login(credentials["username"], credentials["password"]))
+
+
+@bp.post("/refresh")
+def refresh():
+    """Exchange a refresh token for new tokens (Keycloak rotates the refresh token)."""
+    return token_response(keycloak().refresh(load(refresh_token_schema)["refreshToken"]))
+
+
+@bp.post("/logout")
+def logout():
+    """End the Keycloak session of a refresh token; ending an ended session answers the same."""
+    keycloak().logout(load(refresh_token_schema)["refreshToken"])
+    return json_response({"status": 200, "message": "logged out"})
+
+
+@bp.get("/me")
+def me():
+    """Who the access token belongs to, from the token alone (verified locally, no call to Keycloak)."""
+    claims = keycloak().verify_access_token(bearer_token())
+    realm_access = claims.get("realm_access")
+    roles = realm_access.get("roles") if isinstance(realm_access, dict) else None
+    user = {
+        "id": claims["sub"],
+        "username": claims.get("preferred_username"),
+        "email": claims.get("email"),
+        "emailVerified": claims.get("email_verified"),
+        "firstName": claims.get("given_name"),
+        "lastName": claims.get("family_name"),
+        "roles": sorted(roles) if isinstance(roles, list) and all(isinstance(r, str) for r in roles) else [],
+    }
+    return json_response({"status": 200, "message": claims["sub"], "user": user}, headers={"Cache-Control": "no-store"})

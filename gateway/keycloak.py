@@ -42,6 +42,10 @@ class _CredentialsRejected(Exception):
     """Keycloak's "Invalid user credentials": unknown user, wrong password or locked; a look-up decides."""
 
 
+class _SessionEnded(Exception):
+    """The session of a refresh token has already ended: for logout, the work is done."""
+
+
 # (error, error_description) -> what it means; (error, None) matches any description of that error.
 LOGIN_REFUSALS = {
     ("invalid_grant", "Invalid user credentials"): _CredentialsRejected,
@@ -55,7 +59,11 @@ REFRESH_REFUSALS = {
     ("invalid_grant", "User disabled"): AccountDisabled,
     ("invalid_grant", None): InvalidRefreshToken,
 }
-LOGOUT_REFUSALS = {("invalid_grant", None): InvalidRefreshToken}
+LOGOUT_REFUSALS = {
+    ("invalid_grant", "Session not active"): _SessionEnded,
+    ("invalid_grant", "Token is not active"): _SessionEnded,
+    ("invalid_grant", None): InvalidRefreshToken,
+}
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,8 @@ def _refusal_of(exc):
         return None, None
     if not isinstance(body, dict):
         return None, None
-    return body.get("error"), body.get("error_description")
+    error, description = body.get("error"), body.get("error_description")
+    return (error if isinstance(error, str) else None), (description if isinstance(description, str) else None)
 
 
 @contextmanager
@@ -85,9 +94,12 @@ def _upstream(operation, refusals=None):
     try:
         yield
     except KeycloakConnectionError as exc:
+        # python-keycloak wraps every exception of a call in this class, network or not.
         if isinstance(exc.__cause__, requests.Timeout):
             raise UpstreamTimeout(f"{operation}: no answer in time") from exc
-        raise UpstreamUnavailable(f"{operation}: {type(exc.__cause__).__name__}") from exc
+        if isinstance(exc.__cause__, requests.RequestException):
+            raise UpstreamUnavailable(f"{operation}: {type(exc.__cause__).__name__}") from exc
+        raise
     except KeycloakError as exc:
         error, description = _refusal_of(exc)
         refusal = (refusals or {}).get((error, description)) or (refusals or {}).get((error, None))
@@ -109,7 +121,7 @@ class RealmKeys:
 
     def __init__(self, fetch, refetch_interval=2.0):
         self._fetch = fetch
-        self._refetch_interval = refetch_interval
+        self.refetch_interval = refetch_interval
         self._keys = {}
         self._fetched_at = None
         self._lock = threading.Lock()
@@ -122,7 +134,7 @@ class RealmKeys:
             return key
         with self._lock:
             key = self._keys.get(kid)
-            recent = self._fetched_at is not None and time.monotonic() - self._fetched_at < self._refetch_interval
+            recent = self._fetched_at is not None and time.monotonic() - self._fetched_at < self.refetch_interval
             if key is None and not recent:
                 self._keys = self._load()
                 self._fetched_at = time.monotonic()
@@ -156,6 +168,7 @@ class Keycloak:
         self._local = threading.local()
         self.keys = RealmKeys(self._fetch_jwks)
         self._username_lock = UsernameLock(timeout=settings.timeout)
+        self.clock = time.time  # the tests set the clock forward instead of waiting for tokens to expire
 
     def _clients(self):
         local = self._local
@@ -211,8 +224,11 @@ class Keycloak:
 
     def logout(self, refresh_token):
         """End the session of `refresh_token`; ending an ended session is not an error."""
-        with _upstream("logout", LOGOUT_REFUSALS):
-            self._clients().openid.logout(refresh_token)
+        try:
+            with _upstream("logout", LOGOUT_REFUSALS):
+                self._clients().openid.logout(refresh_token)
+        except _SessionEnded:
+            pass
 
     def _fetch_jwks(self):
         with _upstream("realm keys"):
@@ -223,7 +239,7 @@ class Keycloak:
             access, refresh, expires_in = body["access_token"], body["refresh_token"], body["expires_in"]
         except (KeyError, TypeError):
             raise UpstreamBadResponse("token response without access_token, refresh_token or expires_in") from None
-        if not (isinstance(access, str) and isinstance(refresh, str) and isinstance(expires_in, int)):
+        if not (isinstance(access, str) and isinstance(refresh, str) and type(expires_in) is int):
             raise UpstreamBadResponse("token response with fields of the wrong type")
         try:
             claims = self.verify_access_token(access)
@@ -244,13 +260,17 @@ class Keycloak:
             verified = jwt.JWT(
                 algs=["RS256"],
                 expected_type="JWS",
-                check_claims={"iss": s.issuer, "exp": None, "sub": None, "azp": s.client_id},
+                check_claims={"iss": s.issuer, "sub": None, "azp": s.client_id},
             )
-            verified.leeway = LEEWAY_SECONDS
             verified.deserialize(token, key)
             claims = json.loads(verified.claims)
             if not isinstance(claims, dict) or not isinstance(claims.get("sub"), str) or claims.get("typ") != "Bearer":
                 raise InvalidAccessToken("not an access token")
+            expires = claims.get("exp")
+            if not isinstance(expires, (int, float)) or isinstance(expires, bool):
+                raise InvalidAccessToken("no expiry")
+            if expires + LEEWAY_SECONDS < self.clock():
+                raise InvalidAccessToken("expired")
         except (JWException, ValueError, TypeError, UnicodeError) as exc:
             raise InvalidAccessToken(f"{type(exc).__name__}: {exc}") from None
         return claims

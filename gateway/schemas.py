@@ -3,9 +3,17 @@
 from flask import request
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from gateway.errors import PayloadUnknown
+from gateway.errors import InvalidAccessToken, MissingAccessToken, PayloadUnknown
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def utf8(value):
+    """Refuse text that cannot travel on as UTF-8: JSON can carry a lone surrogate such as "\\ud800"."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("not encodable as UTF-8") from None
 
 
 class LoginSchema(Schema):
@@ -18,7 +26,7 @@ class LoginSchema(Schema):
     username = fields.String(
         required=True, validate=[validate.Length(min=3, max=255), validate.Regexp(r"[A-Za-z0-9]+\Z")]
     )
-    password = fields.String(required=True, validate=validate.Length(min=8, max=1024))
+    password = fields.String(required=True, validate=[validate.Length(min=8, max=1024), utf8])
 
 
 class RefreshTokenSchema(Schema):
@@ -27,7 +35,7 @@ class RefreshTokenSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    refreshToken = fields.String(required=True, validate=validate.Length(min=1, max=8192))
+    refreshToken = fields.String(required=True, validate=[validate.Length(min=1, max=8192), utf8])
 
 
 def request_fields():
@@ -48,3 +56,14 @@ def load(schema):
         return schema.load(request_fields())
     except ValidationError:
         raise PayloadUnknown("payload does not match the schema") from None
+
+
+def bearer_token():
+    """The access token of the `Authorization` header: scheme `Bearer` or `JWT` (SimpleJWT's), any letter case."""
+    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() not in ("bearer", "jwt"):
+        raise MissingAccessToken("no Bearer or JWT credentials")
+    token = token.strip()
+    if not token or len(token) > 8192:
+        raise InvalidAccessToken("empty or oversized token")
+    return token

@@ -10,6 +10,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 import time
 from contextlib import contextmanager
@@ -19,23 +20,42 @@ from gateway.errors import UpstreamTimeout
 STRIPES = 1024
 
 
+def default_directory():
+    """A per-user directory for the lock files: the runtime directory where there is one, else the temp dir."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return os.path.join(base, f"edm-gateway-{os.getuid()}-grants")
+
+
 class UsernameLock:
     """Serialises work per username; waits at most `timeout` seconds for its turn."""
 
     def __init__(self, timeout, directory=None):
         self.timeout = timeout
-        self.directory = directory or os.path.join(tempfile.gettempdir(), f"edm-gateway-{os.getuid()}-grants")
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        self.directory = directory or default_directory()
+        self._ensure_directory()
 
-    def _path(self, username):
+    def _ensure_directory(self):
+        # Made again if a temp-file cleaner removed it; refused if someone else made it first at this path.
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        info = os.lstat(self.directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise RuntimeError(f"lock directory {self.directory} must be a directory of this user, mode 0700")
+
+    def _open(self, username):
         # Keycloak usernames are case-insensitive: "Ahmad" and "ahmad" are one user and one lock.
         digest = hashlib.sha256(username.lower().encode()).digest()
-        return os.path.join(self.directory, f"{int.from_bytes(digest[:4], 'big') % STRIPES:04d}.lock")
+        path = os.path.join(self.directory, f"{int.from_bytes(digest[:4], 'big') % STRIPES:04d}.lock")
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+        try:
+            return os.open(path, flags, 0o600)
+        except FileNotFoundError:
+            self._ensure_directory()
+            return os.open(path, flags, 0o600)
 
     @contextmanager
     def hold(self, username):
         """Hold the username's turn for the block; UpstreamTimeout if it does not come in time."""
-        fd = os.open(self._path(username), os.O_RDWR | os.O_CREAT, 0o600)
+        fd = self._open(username)
         try:
             deadline = time.monotonic() + self.timeout
             pause = 0.002

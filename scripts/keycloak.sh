@@ -26,7 +26,7 @@ fetch() {
       command -v mvn >/dev/null || { log "Maven (mvn) is needed to fetch Keycloak"; exit 1; }
       log "fetching org.keycloak:keycloak-quarkus-dist:$version:zip with Maven"
       mkdir -p "$cache"
-      mvn -q -B dependency:copy "-Dartifact=org.keycloak:keycloak-quarkus-dist:$version:zip" \
+      mvn -q -B -Dstyle.color=never dependency:copy "-Dartifact=org.keycloak:keycloak-quarkus-dist:$version:zip" \
         "-DoutputDirectory=$cache" >&2
     fi
     log "unpacking $zip"
@@ -37,8 +37,11 @@ fetch() {
   fi
 }
 
+# The pid of our Keycloak, if the pid file names a live process that runs this distribution (pids are reused).
 running_pid() {
-  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && cat "$pidfile"
+  local pid
+  pid=$(cat "$pidfile" 2>/dev/null) || return 1
+  [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF "$home" && echo "$pid"
 }
 
 is_ready() {
@@ -89,9 +92,9 @@ start() {
 stop() {
   local pid; pid=$(running_pid) || { rm -f "$pidfile"; log "not running"; return 0; }
   log "stopping Keycloak (pid $pid)"
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
   for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-  kill -KILL -- "-$pid" 2>/dev/null || true
+  if kill -0 "$pid" 2>/dev/null; then kill -KILL -- "-$pid" 2>/dev/null || true; fi
   rm -f "$pidfile"
 }
 

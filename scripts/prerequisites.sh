@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# System tools the stack needs: Python with venv, Java 17+ (Keycloak), Maven (fetches Keycloak).
+# System tools the stack needs: Python 3.11+ with venv, Java 17+ (Keycloak 26), Maven (fetches Keycloak).
 # Installs the missing ones with apt-get where that is possible, else says what to install.
 set -euo pipefail
 
+java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1; }
+
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+  echo "prerequisites: Python 3.11 or newer is needed (python3 is $(python3 -V 2>&1))" >&2; exit 1; }
 missing=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
-command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+if ! command -v java >/dev/null || [ "$(java_major)" -lt 17 ]; then missing+=(default-jre-headless); fi
 command -v mvn >/dev/null || missing+=(maven)
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 started=no
 gunicorn_pid=
 cleanup() {
+  set +e  # however gunicorn ended, Keycloak is still stopped
   if [ -n "$gunicorn_pid" ]; then kill -TERM "$gunicorn_pid" 2>/dev/null; wait "$gunicorn_pid" 2>/dev/null; fi
   if [ "$started" = yes ]; then scripts/keycloak.sh stop; fi
 }

@@ -189,7 +189,7 @@ class Signer:
         body = {"exp": now + 300, "iat": now, "iss": ISSUER, "sub": "mock-user-id", "typ": "Bearer",
                 "azp": "edmportal", "preferred_username": "mockuser", **claims}
         body = {k: v for k, v in body.items() if v is not None}
-        token = jwt.JWT(header={"alg": "RS256", "typ": "JWT", "kid": self.key.key_id}, claims=body)
+        token = jwt.JWT(header={"alg": "RS256", "typ": "JWT", "kid": self.key.kid}, claims=body)
         token.make_signed_token(self.key)
         return token.serialize()
 

@@ -102,6 +102,10 @@ def test_service_account_token_is_cached_between_look_ups(client, upstream):
     ({"status": 200, "json": {"token_type": "Bearer"}}, 502, "code=502, message=authentication service error"),
     ({"status": 200, "json": {"access_token": 1, "refresh_token": "r", "expires_in": 300}}, 502,
      "code=502, message=authentication service error"),
+    ({"status": 200, "json": {"access_token": "a", "refresh_token": "r", "expires_in": True}}, 502,
+     "code=502, message=authentication service error"),
+    ({"status": 400, "json": {"error": ["invalid_grant"], "error_description": {"x": 1}}}, 502,
+     "code=502, message=authentication service error"),
     ({"body": requests.ConnectionError("refused")}, 503, "code=503, message=authentication service unavailable"),
     ({"body": requests.ReadTimeout("slow")}, 504, "code=504, message=authentication service timed out"),
     ({"body": requests.ConnectTimeout("slow")}, 504, "code=504, message=authentication service timed out"),
@@ -110,7 +114,7 @@ def test_keycloak_answer_to_gateway_answer(client, upstream, answer, status, bod
     grant_answers(upstream, **answer)
     response = login(client)
     assert (response.status_code, response.json) == (status, body)
-    assert len(upstream.calls) == 1  # no POST is ever retried: a retried grant is a second brute-force failure
+    assert len(upstream.calls) == 1
 
 
 def test_token_signed_by_a_key_the_realm_does_not_publish_is_a_bad_answer(client, upstream, signer):
@@ -142,3 +146,128 @@ def test_upstream_error_body_never_reaches_the_client(client, upstream):
     response = login(client)
     assert "java" not in response.get_data(as_text=True)
     assert response.json == "code=502, message=authentication service error"
+
+
+REFRESH_SENT = {"grant_type": "refresh_token", "client_id": "edmportal", "client_secret": "mock-secret",
+                "refresh_token": "r-old"}
+LOGOUT = f"{REALM}/protocol/openid-connect/logout"
+LOGOUT_SENT = {"client_id": "edmportal", "client_secret": "mock-secret", "refresh_token": "r-old"}
+TOKEN_INVALID = "code=401, message=refresh token is invalid or expired"
+
+
+def test_refresh_success(client, upstream, signer):
+    access = signer.token(sub="u-1")
+    upstream.post(TOKEN, match=[matchers.urlencoded_params_matcher(REFRESH_SENT)],
+                  json={"access_token": access, "refresh_token": "r-new", "expires_in": 300})
+    upstream.get(CERTS, json=signer.jwks)
+    response = client.post("/api/refresh", json={"refreshToken": "r-old"})
+    assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
+    assert list(response.json.items()) == [("status", 200), ("message", "u-1"), ("accessToken", access),
+                                           ("refreshToken", "r-new"), ("expiresIn", 300)]
+
+
+@pytest.mark.parametrize("description, status, body", [
+    ("Invalid refresh token", 401, TOKEN_INVALID),
+    ("Invalid refresh token. Token client and authorized client don't match", 401, TOKEN_INVALID),
+    ("Token is not active", 401, TOKEN_INVALID),
+    ("Session not active", 401, TOKEN_INVALID),
+    ("Stale token", 401, TOKEN_INVALID),
+    ("Refresh token expired", 401, TOKEN_INVALID),
+    ("User disabled", 403, "code=403, message=account disabled"),
+    ("Account disabled", 403, "code=403, message=account disabled"),
+])
+def test_refresh_refusals(client, upstream, description, status, body):
+    upstream.post(TOKEN, match=[matchers.urlencoded_params_matcher(REFRESH_SENT)],
+                  **invalid_grant(400, description))
+    response = client.post("/api/refresh", data={"refreshToken": "r-old"})
+    assert (response.status_code, response.json) == (status, body)
+
+
+@pytest.mark.parametrize("answer, status, body", [
+    ({"status": 401, "json": {"error": "unauthorized_client"}}, 502, "code=502, message=authentication service error"),
+    ({"body": requests.ConnectionError("refused")}, 503, "code=503, message=authentication service unavailable"),
+    ({"body": requests.ReadTimeout("slow")}, 504, "code=504, message=authentication service timed out"),
+])
+@pytest.mark.parametrize("path, url", [("/api/refresh", TOKEN), ("/api/logout", LOGOUT)])
+def test_refresh_and_logout_upstream_failures(client, upstream, path, url, answer, status, body):
+    upstream.post(url, **answer)
+    response = client.post(path, json={"refreshToken": "r-old"})
+    assert (response.status_code, response.json) == (status, body)
+    assert len(upstream.calls) == 1
+
+
+@pytest.mark.parametrize("answer, status, body", [
+    ({"status": 204}, 200, {"status": 200, "message": "logged out"}),
+    (invalid_grant(400, "Session not active"), 200, {"status": 200, "message": "logged out"}),
+    (invalid_grant(400, "Token is not active"), 200, {"status": 200, "message": "logged out"}),
+    (invalid_grant(400, "Invalid refresh token"), 401, TOKEN_INVALID),
+    (invalid_grant(400, "Invalid refresh token. Token client and authorized client don't match"), 401, TOKEN_INVALID),
+])
+def test_logout_answers(client, upstream, answer, status, body):
+    upstream.post(LOGOUT, match=[matchers.urlencoded_params_matcher(LOGOUT_SENT)], **answer)
+    response = client.post("/api/logout", json={"refreshToken": "r-old"})
+    assert (response.status_code, response.json) == (status, body)
+
+
+@pytest.mark.parametrize("path", ["/api/refresh", "/api/logout"])
+@pytest.mark.parametrize("body", [{}, {"refreshToken": ""}, {"refreshToken": None}, {"refreshToken": 5},
+                                  {"refresh": "r-old"}, ["r-old"], {"refreshToken": "r" * 8193}], ids=repr)
+def test_refresh_and_logout_bad_payload(client, upstream, path, body):
+    response = client.post(path, json=body)
+    assert (response.status_code, response.json) == (400, "code=400, message=payload is unknown")
+    assert len(upstream.calls) == 0
+
+
+class HangingUpServer:
+    """A real socket that reads each request and closes the connection without an answer, counting them."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.socket.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}/auth/"
+        self.connections = 0
+        self._running = True
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while self._running:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                continue
+            with connection:
+                self.connections += 1
+                connection.settimeout(1)
+                try:
+                    connection.recv(65536)
+                except OSError:
+                    pass
+
+    def close(self):
+        self._running = False
+        self._thread.join()
+        self.socket.close()
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/api/login", {"username": "ahmadakbar", "password": "password1"}),
+    ("/api/refresh", {"refreshToken": "r-old"}),
+    ("/api/logout", {"refreshToken": "r-old"}),
+])
+def test_a_dropped_post_is_never_sent_again(path, body):
+    """python-keycloak retries POSTs by default; a retried grant would be a second brute-force failure."""
+    from gateway import create_app
+    from tests.conftest import mock_config
+
+    server = HangingUpServer()
+    try:
+        client = create_app(mock_config(KEYCLOAK_URL=server.url)).test_client()
+        response = client.post(path, json=body)
+    finally:
+        server.close()
+    assert (response.status_code, response.json) == (503, "code=503, message=authentication service unavailable")
+    assert server.connections == 1

@@ -62,6 +62,7 @@ def test_invalid_json_payload(client, no_upstream, body):
     ("username=ab&password=password", "application/x-www-form-urlencoded"),
     ("--x\r\nbroken multipart", "multipart/form-data; boundary=x"),
     ("--x\r\nbroken multipart", "multipart/form-data"),
+    ('{"username": "ahmadakbar", "password": "\\ud800password"}', "application/json"),
 ])
 def test_invalid_raw_payload(client, no_upstream, data, content_type):
     headers = {"Content-Type": content_type} if content_type else {}

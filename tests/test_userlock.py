@@ -52,3 +52,19 @@ def test_different_usernames_do_not_wait_for_each_other(tmp_path):
     with lock.hold("ahmadakbar"):
         with lock.hold("budisantoso"):
             pass
+
+
+def test_directory_removed_by_a_temp_cleaner_is_made_again(tmp_path):
+    directory = tmp_path / "locks"
+    lock = UsernameLock(timeout=1, directory=str(directory))
+    directory.rmdir()
+    with lock.hold("ahmadakbar"):
+        assert directory.is_dir()
+
+
+def test_directory_open_to_other_users_is_refused(tmp_path):
+    directory = tmp_path / "locks"
+    directory.mkdir(mode=0o777)
+    directory.chmod(0o777)
+    with pytest.raises(RuntimeError, match="mode 0700"):
+        UsernameLock(timeout=1, directory=str(directory))
