@@ -18,7 +18,10 @@ def create_app(test_config=None):
 
     register_error_handlers(app)
 
-    from gateway import api
+    from gateway import api, ops, simplejwt
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(ops.bp)
+    if settings.simplejwt_profile:
+        app.register_blueprint(simplejwt.bp)
     return app

@@ -36,6 +36,15 @@ def _seconds(name, value):
     return seconds
 
 
+def _flag(name, value):
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
 def _bytes(name, value):
     if not value.isdigit() or int(value) < 1024:
         raise ConfigError(f"{name} must be a whole number of bytes, at least 1024, got {value!r}")
@@ -51,6 +60,7 @@ VARIABLES = {
     "KEYCLOAK_CLIENT_SECRET": ("client_secret", _text, None),
     "KEYCLOAK_TIMEOUT": ("timeout", _seconds, "5"),
     "GATEWAY_MAX_BODY_BYTES": ("max_body_bytes", _bytes, "16384"),
+    "GATEWAY_SIMPLEJWT_PROFILE": ("simplejwt_profile", _flag, "true"),
 }
 
 
@@ -65,6 +75,7 @@ class Settings:
     client_secret: str
     timeout: float
     max_body_bytes: int
+    simplejwt_profile: bool
 
     @property
     def issuer(self):

@@ -3,20 +3,29 @@
     GatewayError                       500 internal server error
     ├── RequestError                   caused by the request (HTTP 400 on POST /api/login)
     │   ├── PayloadUnknown             400 payload is unknown
+    │   │   ├── FieldErrors            (its `fields`: DRF's per-field messages)
+    │   │   ├── MalformedJson          (its `detail`: the parser's words)
+    │   │   └── UnsupportedMediaType   (its `media_type`)
+    │   ├── InvalidCredentials         400 invalid username or password (no look-up made)
     │   ├── UsernameNotFound           404 username not found
     │   ├── WrongPassword              400 wrong password
     │   ├── AccountLocked              403 account temporarily locked
     │   ├── AccountDisabled            403 account disabled
     │   ├── AccountNotSetUp            403 account is not fully set up
     │   ├── InvalidRefreshToken        401 refresh token is invalid or expired
+    │   │   ├── ExpiredRefreshToken
+    │   │   └── WrongTokenType         (an access token where a refresh token belongs)
     │   ├── MissingAccessToken         401 missing access token
     │   └── InvalidAccessToken         401 access token is invalid or expired
+    │       └── ExpiredAccessToken
     └── UpstreamError                  Keycloak could not answer usefully
         ├── UpstreamUnavailable        503 authentication service unavailable
         ├── UpstreamTimeout            504 authentication service timed out
         └── UpstreamBadResponse        502 authentication service error
 
-Subclasses only set class attributes. An EDM error body is a JSON string, `"code=404, message=not found"`.
+Subclasses set class attributes; the three payload errors also carry what DRF's body needs. An EDM error
+body is a JSON string, `"code=404, message=not found"`; the SimpleJWT profile (`/users/`) renders the same
+errors as Django REST Framework and SimpleJWT word them.
 """
 
 import logging
@@ -51,6 +60,34 @@ class PayloadUnknown(RequestError):
     code, message = 400, "payload is unknown"
 
 
+class FieldErrors(PayloadUnknown):
+    """DRF's field errors, e.g. `{"username": ["This field is required."]}`."""
+
+    def __init__(self, fields):
+        super().__init__(f"invalid fields: {', '.join(fields)}")
+        self.fields = fields
+
+
+class MalformedJson(PayloadUnknown):
+    """A body declared JSON that does not parse; `detail` is DRF's "JSON parse error - ..."."""
+
+    def __init__(self, problem):
+        super().__init__("malformed JSON")
+        self.detail = f"JSON parse error - {problem}"
+
+
+class UnsupportedMediaType(PayloadUnknown):
+    """A body of a media type the endpoint does not read."""
+
+    def __init__(self, media_type):
+        super().__init__("unsupported media type")
+        self.media_type = media_type
+
+
+class InvalidCredentials(RequestError):
+    code, message = 400, "invalid username or password"
+
+
 class UsernameNotFound(RequestError):
     code, message = 404, "username not found"
 
@@ -75,6 +112,14 @@ class InvalidRefreshToken(RequestError):
     code, message = 401, "refresh token is invalid or expired"
 
 
+class ExpiredRefreshToken(InvalidRefreshToken):
+    pass
+
+
+class WrongTokenType(InvalidRefreshToken):
+    pass
+
+
 class MissingAccessToken(RequestError):
     code, message = 401, "missing access token"
     headers = {"WWW-Authenticate": 'Bearer realm="edm"'}
@@ -86,6 +131,10 @@ class InvalidAccessToken(RequestError):
         "WWW-Authenticate": 'Bearer realm="edm", error="invalid_token", '
         'error_description="The access token is invalid or expired"'
     }
+
+
+class ExpiredAccessToken(InvalidAccessToken):
+    pass
 
 
 class UpstreamError(GatewayError):
@@ -109,41 +158,93 @@ def edm_body(code, message):
     return f"code={code}, message={message}"
 
 
-def _json_response(body, status):
-    return current_app.json.response(body), status
+# The SimpleJWT profile's words, as djangorestframework-simplejwt 5.5 and Django REST Framework 3 say them.
+DRF_NO_ACCOUNT = "No active account found with the given credentials"
+DRF_NO_ACCOUNT_FOR_TOKEN = "No active account found for the given token."
+DRF_AUTHENTICATE = 'JWT realm="api"'
+DRF_UPSTREAM = {
+    UpstreamUnavailable: (503, "Authentication service unavailable."),
+    UpstreamTimeout: (504, "Authentication service timed out."),
+    UpstreamBadResponse: (502, "Authentication service error."),
+}
+ACCOUNT_ERRORS = (InvalidCredentials, UsernameNotFound, WrongPassword, AccountLocked, AccountDisabled, AccountNotSetUp)
 
 
-def handle_gateway_error(error):
-    """Render a GatewayError in the EDM shape; on login, request-caused failures answer HTTP 400."""
+def _simplejwt_profile():
+    return request.path.startswith("/users/") and current_app.config["SETTINGS"].simplejwt_profile
+
+
+def _response(body, status, headers=None):
+    response = current_app.json.response(body)
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def _edm_error(error):
     status = error.code
     if isinstance(error, RequestError) and request.endpoint in STATUS_400_ENDPOINTS:
         status = 400
+    return _response(edm_body(error.code, error.message), status, error.headers)
+
+
+def _token_detail(error):
+    if isinstance(error, (ExpiredRefreshToken, ExpiredAccessToken)):
+        return "Token is expired"
+    if isinstance(error, WrongTokenType):
+        return "Token has wrong type"
+    return "Token is invalid"
+
+
+def _simplejwt_error(error):
+    if isinstance(error, FieldErrors):
+        return _response(error.fields, 400)
+    if isinstance(error, MalformedJson):
+        return _response({"detail": error.detail}, 400)
+    if isinstance(error, UnsupportedMediaType):
+        return _response({"detail": f'Unsupported media type "{error.media_type}" in request.'}, 415)
+    if isinstance(error, ACCOUNT_ERRORS):
+        detail = DRF_NO_ACCOUNT_FOR_TOKEN if request.endpoint == "simplejwt.refresh" else DRF_NO_ACCOUNT
+        return _response({"detail": detail}, 401, {"WWW-Authenticate": DRF_AUTHENTICATE})
+    if isinstance(error, (InvalidRefreshToken, InvalidAccessToken, MissingAccessToken)):
+        body = {"detail": _token_detail(error), "code": "token_not_valid"}
+        return _response(body, 401, {"WWW-Authenticate": DRF_AUTHENTICATE})
+    status, detail = DRF_UPSTREAM.get(type(error), (500, "A server error occurred."))
+    return _response({"detail": detail}, status)
+
+
+def handle_gateway_error(error):
+    """Render a GatewayError in the shape of the profile the request belongs to."""
     if isinstance(error, UpstreamError):
         log.warning("upstream failure on %s: %s", request.path, error.reason)
-    response, status = _json_response(edm_body(error.code, error.message), status)
-    response.headers.update(error.headers)
-    return response, status
+    return _simplejwt_error(error) if _simplejwt_profile() else _edm_error(error)
+
+
+METHOD_ORDER = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
+HTTP_MESSAGES = {404: "not found", 405: "method not allowed", 413: "payload too large"}
+DRF_HTTP_DETAILS = {404: "Not found.", 413: "Request body too large."}
 
 
 def handle_http_error(error):
-    """Render werkzeug's HTTP errors (404, 405, 413...) as EDM strings; 405 keeps its `Allow` header."""
-    message = {
-        404: "not found",
-        405: "method not allowed",
-        413: "payload too large",
-    }.get(error.code, (error.name or "error").lower())
-    response, status = _json_response(edm_body(error.code, message), error.code)
-    if error.code == 405 and getattr(error, "valid_methods", None):
-        response.headers["Allow"] = ", ".join(error.valid_methods)
-    return response, status
+    """Render werkzeug's HTTP errors (404, 405, 413...); 405 keeps its `Allow` header."""
+    allowed = getattr(error, "valid_methods", None) or ()
+    headers = {"Allow": ", ".join(sorted(allowed, key=METHOD_ORDER.index))} if allowed else {}
+    if _simplejwt_profile():
+        detail = f'Method "{request.method}" not allowed.' if error.code == 405 else DRF_HTTP_DETAILS.get(
+            error.code, error.description or error.name)
+        return _response({"detail": detail}, error.code, headers)
+    message = HTTP_MESSAGES.get(error.code, (error.name or "error").lower())
+    return _response(edm_body(error.code, message), error.code, headers)
 
 
 def handle_unexpected_error(error):
-    """Log an unexpected failure with its trace and answer the bare 500 string."""
+    """Log an unexpected failure with its trace and answer the bare 500 of the profile."""
     if isinstance(error, HTTPException):
         return handle_http_error(error)
     log.exception("unexpected failure on %s %s", request.method, request.path)
-    return _json_response(edm_body(500, "internal server error"), 500)
+    if _simplejwt_profile():
+        return _response({"detail": "A server error occurred."}, 500)
+    return _response(edm_body(500, "internal server error"), 500)
 
 
 def register_error_handlers(app):

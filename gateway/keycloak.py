@@ -17,19 +17,25 @@ import requests
 from jwcrypto import jwk, jwt
 from jwcrypto.common import JWException
 from keycloak import KeycloakAdmin, KeycloakOpenID, KeycloakOpenIDConnection
-from keycloak.exceptions import KeycloakConnectionError, KeycloakError
+from keycloak.exceptions import KeycloakConnectionError, KeycloakError, KeycloakPostError, raise_error_from_response
+from keycloak.urls_patterns import URL_INTROSPECT
 
 from gateway.errors import (
     AccountDisabled,
     AccountLocked,
     AccountNotSetUp,
+    ExpiredAccessToken,
+    ExpiredRefreshToken,
     InvalidAccessToken,
+    InvalidCredentials,
     InvalidRefreshToken,
     UpstreamBadResponse,
+    UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
     UsernameNotFound,
     WrongPassword,
+    WrongTokenType,
 )
 from gateway.userlock import UsernameLock
 
@@ -115,6 +121,15 @@ def _b64_json(segment):
     return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
 
 
+def _unverified_claims(token):
+    """A JWT's payload read without any check: only to choose the words of a refusal, never to trust."""
+    try:
+        claims = _b64_json(token.split(".")[1])
+    except (IndexError, ValueError, TypeError, UnicodeError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
 class RealmKeys:
     """The realm's signing keys by `kid`: fetched once, fetched again only for an unknown `kid`, at most
     once per `refetch_interval` seconds so that forged `kid`s cannot make the gateway hammer Keycloak."""
@@ -140,6 +155,13 @@ class RealmKeys:
                 self._fetched_at = time.monotonic()
                 key = self._keys.get(kid)
         return key
+
+    def load_now(self):
+        """Fetch the realm's keys now and keep them; returns them (UpstreamError if they cannot be had)."""
+        with self._lock:
+            self._keys = self._load()
+            self._fetched_at = time.monotonic()
+            return self._keys
 
     def _load(self):
         self.fetches += 1
@@ -169,6 +191,7 @@ class Keycloak:
         self.keys = RealmKeys(self._fetch_jwks)
         self._username_lock = UsernameLock(timeout=settings.timeout)
         self.clock = time.time  # the tests set the clock forward instead of waiting for tokens to expire
+        self._readiness = (None, False)  # (monotonic time it was checked, result)
 
     def _clients(self):
         local = self._local
@@ -188,8 +211,9 @@ class Keycloak:
             local.pid = os.getpid()
         return local
 
-    def login(self, username, password):
-        """The password grant; on "Invalid user credentials" one admin look-up says which failure it was."""
+    def login(self, username, password, explain=True):
+        """The password grant. On "Invalid user credentials", one admin look-up says which failure it was;
+        without `explain` no look-up is made and the failure is InvalidCredentials."""
         with self._username_lock.hold(username):
             try:
                 with _upstream("password grant", LOGIN_REFUSALS):
@@ -198,6 +222,8 @@ class Keycloak:
                 rejected = exc
             else:
                 return self._tokens(body)
+        if not explain:
+            raise InvalidCredentials(rejected.args[0])
         raise self._credential_failure(username, rejected.args[0])
 
     def _credential_failure(self, username, reason):
@@ -218,9 +244,50 @@ class Keycloak:
 
     def refresh(self, refresh_token):
         """The refresh grant: new tokens for a live session."""
-        with _upstream("refresh grant", REFRESH_REFUSALS):
-            body = self._clients().openid.refresh_token(refresh_token)
+        if self._is_access_token(refresh_token):
+            raise WrongTokenType("an access token of this client where a refresh token belongs")
+        try:
+            with _upstream("refresh grant", REFRESH_REFUSALS):
+                body = self._clients().openid.refresh_token(refresh_token)
+        except InvalidRefreshToken as exc:
+            if self._expired(refresh_token):
+                raise ExpiredRefreshToken(exc.reason) from None
+            raise
         return self._tokens(body)
+
+    def verify_token(self, token):
+        """Whether any token of this client is valid now (SimpleJWT's verify): an access token is checked
+        locally; a refresh token, which only Keycloak can check, by its introspection endpoint."""
+        try:
+            return self.verify_access_token(token)
+        except ExpiredAccessToken:
+            raise
+        except InvalidAccessToken:
+            if _unverified_claims(token).get("typ") != "Refresh":
+                raise
+        openid = self._clients().openid
+        # python-keycloak's introspect() drops token_type_hint, without which Keycloak 26 calls refresh tokens inactive.
+        payload = {"client_id": self.settings.client_id, "client_secret": self.settings.client_secret,
+                   "token": token, "token_type_hint": "refresh_token"}
+        with _upstream("introspection"):
+            answer = openid.connection.raw_post(URL_INTROSPECT.format(**{"realm-name": self.settings.realm}), data=payload)
+            info = raise_error_from_response(answer, KeycloakPostError)
+        if isinstance(info, dict) and info.get("active") is True and info.get("azp") == self.settings.client_id:
+            return info
+        if self._expired(token):
+            raise ExpiredRefreshToken("refresh token expired")
+        raise InvalidRefreshToken("refresh token not active")
+
+    def _is_access_token(self, token):
+        try:
+            self.verify_access_token(token)
+        except InvalidAccessToken:
+            return False
+        return True
+
+    def _expired(self, token):
+        expires = _unverified_claims(token).get("exp")
+        return isinstance(expires, (int, float)) and not isinstance(expires, bool) and expires < self.clock()
 
     def logout(self, refresh_token):
         """End the session of `refresh_token`; ending an ended session is not an error."""
@@ -229,6 +296,21 @@ class Keycloak:
                 self._clients().openid.logout(refresh_token)
         except _SessionEnded:
             pass
+
+    def ready(self, cache_seconds=5.0):
+        """Whether the realm's metadata and keys can be fetched now; the answer is kept a few seconds."""
+        checked_at, result = self._readiness
+        if checked_at is not None and time.monotonic() - checked_at < cache_seconds:
+            return result
+        try:
+            with _upstream("realm metadata"):
+                metadata = self._clients().openid.well_known()
+            result = isinstance(metadata, dict) and metadata.get("issuer") == self.settings.issuer
+            result = result and bool(self.keys.load_now())
+        except UpstreamError:
+            result = False
+        self._readiness = (time.monotonic(), result)
+        return result
 
     def _fetch_jwks(self):
         with _upstream("realm keys"):
@@ -270,7 +352,7 @@ class Keycloak:
             if not isinstance(expires, (int, float)) or isinstance(expires, bool):
                 raise InvalidAccessToken("no expiry")
             if expires + LEEWAY_SECONDS < self.clock():
-                raise InvalidAccessToken("expired")
+                raise ExpiredAccessToken("expired")
         except (JWException, ValueError, TypeError, UnicodeError) as exc:
             raise InvalidAccessToken(f"{type(exc).__name__}: {exc}") from None
         return claims

@@ -1,9 +1,19 @@
-"""The request payloads of the EDM endpoints, and how a request body becomes one."""
+"""The request payloads, and how a request body becomes one: the EDM rules, and the SimpleJWT profile's
+(Django REST Framework's parsers and `CharField`)."""
+
+import json
 
 from flask import request
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from gateway.errors import InvalidAccessToken, MissingAccessToken, PayloadUnknown
+from gateway.errors import (
+    FieldErrors,
+    InvalidAccessToken,
+    MalformedJson,
+    MissingAccessToken,
+    PayloadUnknown,
+    UnsupportedMediaType,
+)
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -67,3 +77,88 @@ def bearer_token():
     if not token or len(token) > 8192:
         raise InvalidAccessToken("empty or oversized token")
     return token
+
+
+class DrfCharField(fields.Field):
+    """DRF's `CharField`: numbers become strings, whitespace is trimmed, blank and odd characters refused."""
+
+    default_error_messages = {
+        "required": "This field is required.",
+        "null": "This field may not be null.",
+        "invalid": "Not a valid string.",
+        "blank": "This field may not be blank.",
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise self.make_error("invalid")
+        value = str(value).strip()
+        if not value:
+            raise self.make_error("blank")
+        problems = []
+        if "\x00" in value:
+            problems.append("Null characters are not allowed.")
+        surrogate = next((c for c in value if 0xD800 <= ord(c) <= 0xDFFF), None)
+        if surrogate is not None:
+            problems.append(f"Surrogate characters are not allowed: U+{ord(surrogate):X}.")
+        if problems:
+            raise ValidationError(problems)
+        return value
+
+
+class DrfSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+class TokenObtainSchema(DrfSchema):
+    """SimpleJWT's `TokenObtainPairSerializer` input."""
+
+    username = DrfCharField(required=True)
+    password = DrfCharField(required=True)
+
+
+class TokenRefreshSchema(DrfSchema):
+    """SimpleJWT's `TokenRefreshSerializer` input."""
+
+    refresh = DrfCharField(required=True)
+
+
+class TokenVerifySchema(DrfSchema):
+    """SimpleJWT's `TokenVerifySerializer` input."""
+
+    token = DrfCharField(required=True)
+
+
+def _refuse_constant(name):
+    raise ValueError(f"Out of range float values are not JSON compliant: {name!r}")
+
+
+def drf_request_data():
+    """The body as DRF's JSON, form and multipart parsers read it; other media types are refused."""
+    body = request.get_data(cache=True)
+    if not body:
+        return {}
+    if request.mimetype == "application/json":
+        try:
+            text = body.decode(request.mimetype_params.get("charset", "utf-8"))
+            return json.loads(text, parse_constant=_refuse_constant)
+        except (ValueError, LookupError, RecursionError) as exc:
+            raise MalformedJson(str(exc)) from None
+    if request.mimetype in FORM_TYPES:
+        return {name: values[-1] for name, values in request.form.lists()}  # a QueryDict's last value
+    raise UnsupportedMediaType(request.headers.get("Content-Type", ""))
+
+
+def load_drf(schema):
+    """Validate the body as a DRF serializer would; FieldErrors with every failing field at once."""
+    data = drf_request_data()
+    if data is None:
+        raise FieldErrors({"non_field_errors": ["No data provided"]})
+    if not isinstance(data, dict):
+        message = f"Invalid data. Expected a dictionary, but got {type(data).__name__}."
+        raise FieldErrors({"non_field_errors": [message]})
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        raise FieldErrors(exc.messages) from None

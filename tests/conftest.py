@@ -94,7 +94,10 @@ class RealKeycloak:
         """Lock `user` the way an attacker would: two wrong passwords within Keycloak's quick-login window."""
         for attempt in ("wrong-one-1", "wrong-two-2"):
             self.password_grant(user.username, attempt)
-        assert self.admin.get_bruteforce_detection_status(user.id)["disabled"] is True
+        deadline = time.monotonic() + 10  # Keycloak records brute-force failures asynchronously
+        while not self.admin.get_bruteforce_detection_status(user.id)["disabled"]:
+            assert time.monotonic() < deadline, f"{user.username} was not locked by two quick failures"
+            time.sleep(0.05)
 
     def cleanup(self):
         for user_id in self._created:

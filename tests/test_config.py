@@ -35,6 +35,7 @@ def test_trailing_slash_is_added_and_public_url_sets_the_issuer():
     ({**BASE, "KEYCLOAK_URL": "localhost:8180"}, "KEYCLOAK_URL"),
     ({**BASE, "KEYCLOAK_PUBLIC_URL": "ftp://x"}, "KEYCLOAK_PUBLIC_URL"),
     ({**BASE, "GATEWAY_MAX_BODY_BYTES": "16k"}, "GATEWAY_MAX_BODY_BYTES"),
+    ({**BASE, "GATEWAY_SIMPLEJWT_PROFILE": "maybe"}, "GATEWAY_SIMPLEJWT_PROFILE"),
 ])
 def test_bad_setting_names_the_variable(environ, variable):
     with pytest.raises(ConfigError, match=variable):

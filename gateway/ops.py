@@ -1,0 +1,21 @@
+"""Operations endpoints: liveness and readiness."""
+
+from flask import Blueprint, current_app
+
+from gateway.errors import UpstreamUnavailable
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    """200 while the process serves; no upstream call."""
+    return current_app.json.response({"status": 200, "message": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    """200 only while Keycloak's realm metadata and keys can be fetched (checked at most every few seconds)."""
+    if not current_app.extensions["keycloak"].ready():
+        raise UpstreamUnavailable("readiness: realm metadata or keys unreachable")
+    return current_app.json.response({"status": 200, "message": "ready"})

@@ -1,0 +1,47 @@
+"""The SimpleJWT profile's error shapes for failures a real Keycloak cannot be made to produce on demand."""
+
+import logging
+
+import pytest
+import responses
+
+from tests.conftest import MOCK_URL
+
+TOKEN = f"{MOCK_URL}realms/edm/protocol/openid-connect/token"
+
+
+@pytest.fixture
+def upstream():
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        yield mock
+
+
+@pytest.mark.parametrize("kc_answer, status, body", [
+    ({"status": 200, "body": "<html>"}, 502, {"detail": "Authentication service error."}),
+    ({"status": 200, "json": {"access_token": "a"}}, 502, {"detail": "Authentication service error."}),
+    ({"status": 400, "json": {"error": "invalid_grant", "error_description": "Invalid user credentials"}}, 401,
+     {"detail": "No active account found with the given credentials"}),
+    ({"status": 401, "json": {"error": "invalid_grant", "error_description": "Invalid user credentials"}}, 401,
+     {"detail": "No active account found with the given credentials"}),
+])
+def test_login_answers(client, upstream, kc_answer, status, body):
+    upstream.post(TOKEN, **kc_answer)
+    response = client.post("/users/login/", json={"username": "ahmadakbar", "password": "password"})
+    assert (response.status_code, response.json) == (status, body)
+    assert len(upstream.calls) == 1  # no admin look-up: every credential failure reads alike here
+
+
+def test_unexpected_failure_in_the_profile(app, caplog):
+    @app.post("/users/boom/")
+    def boom():
+        raise RuntimeError("secret detail")
+
+    with caplog.at_level(logging.ERROR):
+        response = app.test_client().post("/users/boom/")
+    assert (response.status_code, response.json) == (500, {"detail": "A server error occurred."})
+    assert "secret detail" in caplog.text and "secret detail" not in response.get_data(as_text=True)
+
+
+def test_body_over_the_limit(client):
+    response = client.post("/users/login/", data=b"x" * 20000, content_type="application/json")
+    assert (response.status_code, response.json) == (413, {"detail": "Request body too large."})
