@@ -4,18 +4,20 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install keycloak keycloak-stop keycloak-reset run test
+.PHONY: install prerequisites keycloak keycloak-stop keycloak-reset run test
 
 $(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml
-	@scripts/prerequisites.sh
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 
-## install: virtualenv, pinned Python packages, the Keycloak distribution (cached outside the repository)
-install: $(STAMP)
+## install: system tools, virtualenv, pinned Python packages, the Keycloak distribution (cached outside the repository)
+install: prerequisites $(STAMP)
 	@scripts/keycloak.sh fetch
+
+prerequisites:
+	@scripts/prerequisites.sh $(if $(filter test,$(MAKECMDGOALS)),test)
 
 ## keycloak: start Keycloak in the background with the edm realm; returns once ready, harmless when running
 keycloak: install

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# System tools the stack needs: Python 3.11+ with venv, Java 17+ (Keycloak 26), Maven (fetches Keycloak).
+# System tools the stack needs: Python 3.11+ with venv, Java 17+ (Keycloak 26), Maven (fetches Keycloak);
+# with `test`, also docker-compose, the compose implementation that validates docker-compose.yml (no engine).
 # Installs the missing ones with apt-get where that is possible, else says what to install.
+#   scripts/prerequisites.sh [test]
 set -euo pipefail
 
 java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1; }
@@ -11,12 +13,14 @@ missing=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if ! command -v java >/dev/null || [ "$(java_major)" -lt 17 ]; then missing+=(default-jre-headless); fi
 command -v mvn >/dev/null || missing+=(maven)
+if [ "${1:-}" = test ]; then command -v docker-compose >/dev/null || missing+=(docker-compose); fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   echo "prerequisites: installing ${missing[*]}" >&2
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  # No recommends: docker-compose would otherwise bring a whole Docker engine along.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
   echo "prerequisites: please install ${missing[*]} (Debian package names), then run make again" >&2
   exit 1

@@ -1,0 +1,338 @@
+"""The compose stack and the gateway image, proven without a Docker engine: the compose file validated by a real
+compose implementation, kept consistent with the local stack, and the Dockerfile parsed and checked."""
+
+import fnmatch
+import http.server
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from gateway.config import VARIABLES, load_settings
+from tests.compose_env import COMPOSE_FILE, compose_file, gateway_environment, references, resolve_defaults
+from tests.conftest import DEV_SECRET, ISSUER, KEYCLOAK_VERSION, ROOT, free_port
+
+try:
+    from dockerfile_parse import DockerfileParser
+except ImportError:  # fail, never skip: CI must not pass without checking the image
+    DockerfileParser = None
+
+FLAGS = (ROOT / "keycloak" / "flags").read_text().split()
+# What the compose network needs beyond the local stack's flags (scripts/keycloak.sh binds 127.0.0.1 instead).
+COMPOSE_ONLY_FLAGS = ["--http-host=0.0.0.0", "--hostname-backchannel-dynamic=true"]
+REALM_FILE = ROOT / "keycloak" / "realm-edm.json"
+REALM_IMPORT_DIR = "/opt/keycloak/data/import/"
+ENV_EXAMPLE = ROOT / ".env.example"
+INSTALL_HINT = "run `make test`, which installs it"
+# python:3.11-slim, python:3.11.9-slim-bookworm, optionally @sha256:...; never `latest` or another minor.
+PYTHON_BASE = re.compile(r"python:3\.11(\.\d+)?-slim(-[a-z]+)?(@sha256:[0-9a-f]{64})?")
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return compose_file()
+
+
+@pytest.fixture(scope="module")
+def services(compose):
+    return compose["services"]
+
+
+def run_compose_config(path, env_file):
+    """`docker-compose config -q` on `path`, in an environment holding nothing a developer exported.
+
+    `--env-file` keeps a developer's own `.env` out of the check."""
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        pytest.fail(f"docker-compose (Debian package docker-compose) is not installed; {INSTALL_HINT}", pytrace=False)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run([tool, "--env-file", str(env_file), "-f", str(path), "config", "-q"],
+                          cwd=path.parent, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def no_env_file(tmp_path):
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    return empty
+
+
+@pytest.mark.parametrize("with_env_example", [False, True], ids=["dev-defaults", "env-example"])
+def test_compose_file_validates(no_env_file, with_env_example):
+    result = run_compose_config(COMPOSE_FILE, ENV_EXAMPLE if with_env_example else no_env_file)
+    assert result.returncode == 0, result.stderr
+    assert "variable is not set" not in result.stderr, result.stderr  # compose's only complaint that is not an error
+
+
+def test_compose_validation_rejects_an_invalid_file(tmp_path, no_env_file):
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(COMPOSE_FILE.read_text().replace("condition: service_healthy", "condition: healthy"))
+    result = run_compose_config(broken, no_env_file)
+    assert result.returncode != 0
+    assert "condition" in result.stderr
+
+
+def test_compose_file_has_no_version_key(compose):
+    assert "version" not in compose
+
+
+def test_keycloak_image_is_the_pinned_version(services):
+    assert services["keycloak"]["image"] == f"quay.io/keycloak/keycloak:{KEYCLOAK_VERSION}"
+
+
+def keycloak_command(services):
+    command = services["keycloak"]["command"]
+    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
+
+
+def test_keycloak_command_is_start_dev_with_the_local_stacks_flags(services):
+    command = keycloak_command(services)
+    assert command[0] == "start-dev"
+    for flag in FLAGS:
+        assert flag in command[1:], f"{flag} of keycloak/flags is missing from the compose keycloak command"
+    assert sorted(command[1:]) == sorted(FLAGS + COMPOSE_ONLY_FLAGS)
+
+
+def test_tokens_issuer_is_the_one_the_local_stack_expects(services):
+    hostname = next(flag.split("=", 1)[1] for flag in keycloak_command(services) if flag.startswith("--hostname="))
+    environment = gateway_environment()
+    realm = json.loads(REALM_FILE.read_text())["realm"]
+    assert f"{hostname.rstrip('/')}/realms/{realm}" == ISSUER
+    assert f"{environment['KEYCLOAK_PUBLIC_URL'].rstrip('/')}/realms/{environment['KEYCLOAK_REALM']}" == ISSUER
+
+
+def test_gateway_settings_from_compose_call_keycloak_inside_and_expect_the_public_issuer():
+    settings = load_settings(environ=gateway_environment())
+    assert settings.issuer == ISSUER
+    assert settings.keycloak_url == "http://keycloak:8180/auth/"
+    assert settings.keycloak_url != settings.keycloak_public_url
+
+
+def test_the_realm_file_is_mounted_read_only(services):
+    mounts = [volume.split(":") for volume in services["keycloak"]["volumes"] if isinstance(volume, str)]
+    imports = [mount for mount in mounts if len(mount) > 1 and mount[1].startswith(REALM_IMPORT_DIR)]
+    assert len(imports) == 1, services["keycloak"]["volumes"]
+    source, target, *mode = imports[0]
+    assert (ROOT / source).resolve() == REALM_FILE
+    assert REALM_FILE.is_file()
+    assert target == REALM_IMPORT_DIR + "realm-edm.json"
+    assert mode == ["ro"]
+
+
+def test_every_required_gateway_variable_is_set():
+    required = [name for name, (_, _, default) in VARIABLES.items() if default is None]
+    assert required, "gateway/config.py names no required variable: this test would prove nothing"
+    environment = gateway_environment()
+    for name in required:
+        assert environment.get(name, "").strip(), f"{name} is required by the gateway but not set in compose"
+
+
+def test_the_dev_client_secret_is_the_realms():
+    realm = json.loads(REALM_FILE.read_text())
+    client = next(c for c in realm["clients"] if c["clientId"] == gateway_environment()["KEYCLOAK_CLIENT_ID"])
+    assert gateway_environment()["KEYCLOAK_CLIENT_SECRET"] == client["secret"] == DEV_SECRET
+
+
+def published_ports(service):
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            yield port.get("host_ip", ""), str(port.get("published", "")), str(port["target"])
+        else:
+            parts = str(port).split(":")  # [[HOST_IP:]PUBLISHED:]TARGET
+            yield parts[0] if len(parts) == 3 else "", parts[-2] if len(parts) > 1 else "", parts[-1]
+
+
+def test_ports_are_published_on_loopback_only(services):
+    published = {name: list(published_ports(service)) for name, service in services.items()}
+    for name, ports in published.items():
+        for host_ip, _, _ in ports:
+            assert host_ip == "127.0.0.1", f"{name} publishes a port beyond loopback: {services[name]['ports']}"
+        assert "network_mode" not in services[name]
+    assert published == {"postgres": [], "keycloak": [("127.0.0.1", "8180", "8180")],
+                         "gateway": [("127.0.0.1", "8000", "8000")]}
+
+
+@pytest.mark.parametrize("service, dependency", [("gateway", "keycloak"), ("keycloak", "postgres")])
+def test_start_waits_for_healthy_dependencies(services, service, dependency):
+    depends_on = services[service]["depends_on"]
+    assert isinstance(depends_on, dict), "the short list form of depends_on waits for nothing"
+    assert depends_on[dependency]["condition"] == "service_healthy"
+    assert "healthcheck" in services[dependency]
+
+
+def test_every_compose_variable_is_in_env_example_with_the_same_default():
+    example = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
+                   if line.strip() and not line.lstrip().startswith("#"))
+    used = references(COMPOSE_FILE.read_text())
+    assert used, "the compose file reads no variable: this test would prove nothing"
+    assert sorted({name for name, _, _ in used} - example.keys()) == [], "read by compose, missing in .env.example"
+    for name, _, default in used:
+        assert default == example[name], f"{name}: compose default {default!r}, .env.example {example[name]!r}"
+
+
+def test_every_variable_has_a_dev_default_so_no_env_file_is_needed():
+    for name, operator, _ in references(COMPOSE_FILE.read_text()):
+        assert operator == ":-", f"${{{name}}} has no `:-` dev default"
+
+
+def test_postgres_keeps_its_data_in_a_named_volume(compose, services):
+    postgres = services["postgres"]
+    assert re.fullmatch(r"postgres:\d+\.\d+", postgres["image"]), "pin the postgres image to major.minor"
+    assert "pg_isready" in postgres["healthcheck"]["test"][1]
+    volume, target = postgres["volumes"][0].split(":")[:2]
+    assert volume in compose["volumes"]
+    assert target == "/var/lib/postgresql/data"
+    keycloak = services["keycloak"]["environment"]
+    assert keycloak["KC_DB"] == "postgres"
+    assert keycloak["KC_DB_URL"].startswith("jdbc:postgresql://postgres:5432/")
+
+
+class Answer(http.server.BaseHTTPRequestHandler):
+    """A stand-in health endpoint: 200 on the expected path, 503 elsewhere."""
+
+    path_ok = "/"
+
+    def do_GET(self):
+        self.send_response(200 if self.path == self.path_ok else 503)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def health_server():
+    def serve(path_ok):
+        handler = type("Handler", (Answer,), {"path_ok": path_ok})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server.server_address[1]
+
+    servers = []
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def run_health_check(test, address, port):
+    """Run a compose health check's command here, its container `address` (host, separator, port) moved to `port`."""
+    kind, *command = [resolve_defaults(part) for part in test]
+    assert kind == "CMD"
+    command = [part.replace(address, re.sub(r"\d+$", str(port), address)) for part in command]
+    if command[0] == "python":
+        command[0] = sys.executable
+    return subprocess.run(command, capture_output=True, timeout=30).returncode
+
+
+@pytest.mark.parametrize("service, path, address", [
+    ("keycloak", "/auth/health/ready", "127.0.0.1/9000"),
+    ("gateway", "/healthz", "127.0.0.1:8000"),
+])
+def test_health_checks_pass_on_200_only(services, health_server, service, path, address):
+    test = services[service]["healthcheck"]["test"]
+    assert address in " ".join(test) and path in " ".join(test)
+    assert run_health_check(test, address, health_server(path)) == 0
+    assert run_health_check(test, address, health_server("/elsewhere")) != 0
+    assert run_health_check(test, address, free_port()) != 0
+
+
+def test_keycloak_health_check_needs_no_curl(services):
+    test = " ".join(services["keycloak"]["healthcheck"]["test"])
+    assert "/dev/tcp/" in test
+    assert "curl" not in test and "wget" not in test
+
+
+@pytest.fixture(scope="module")
+def dockerfile():
+    if DockerfileParser is None:
+        pytest.fail(f"dockerfile-parse is not installed; {INSTALL_HINT}", pytrace=False)
+    return DockerfileParser(path=str(ROOT / "Dockerfile"), cache_content=True)
+
+
+@pytest.fixture(scope="module")
+def final_stage(dockerfile):
+    """The instructions of the image's last stage, the one that runs."""
+    structure = dockerfile.structure
+    last_from = max(i for i, item in enumerate(structure) if item["instruction"] == "FROM")
+    return [item for item in structure[last_from:] if item["instruction"] != "COMMENT"]
+
+
+def instructions(stage, name):
+    return [item["value"] for item in stage if item["instruction"] == name]
+
+
+def test_every_base_image_is_pinned_python_311_slim(dockerfile):
+    froms = [item["value"].split() for item in dockerfile.structure if item["instruction"] == "FROM"]
+    stages = {words[2] for words in froms if len(words) == 3 and words[1].lower() == "as"}
+    for image in (words[0] for words in froms if words[0] not in stages):
+        assert PYTHON_BASE.fullmatch(image), f"{image} is not a pinned python 3.11 slim image"
+    assert PYTHON_BASE.fullmatch(dockerfile.baseimage)
+
+
+def start_command(stage):
+    """ENTRYPOINT plus CMD of a stage, which must both be in exec (JSON) form."""
+    command = []
+    for name in ("ENTRYPOINT", "CMD"):
+        values = instructions(stage, name)
+        if values:
+            assert values[-1].startswith("["), f"{name} must be in exec form: {values[-1]}"
+            command += json.loads(values[-1])
+    return command
+
+
+def test_start_command_is_gunicorn_with_the_app_factory(final_stage):
+    command = start_command(final_stage)
+    assert os.path.basename(command[0]) == "gunicorn", command
+    assert "gateway:create_app()" in command
+
+
+def test_runs_as_non_root_user_before_the_start_command(final_stage):
+    names = [item["instruction"] for item in final_stage]
+    users = [i for i, name in enumerate(names) if name == "USER"]
+    assert users, "the image would run as root"
+    user = final_stage[users[-1]]["value"].split(":")[0]
+    assert user not in ("root", "0")
+    starts = [i for i, name in enumerate(names) if name in ("CMD", "ENTRYPOINT")]
+    assert starts and users[-1] < min(starts)
+
+
+def test_has_a_health_check_on_healthz(final_stage):
+    checks = instructions(final_stage, "HEALTHCHECK")
+    assert len(checks) == 1 and not checks[0].upper().startswith("NONE")
+    assert "http://127.0.0.1:8000/healthz" in checks[0] and "urllib" in checks[0]
+
+
+def test_serves_on_port_8000_of_every_interface_with_the_repository_gunicorn_config(dockerfile, final_stage):
+    assert "8000" in instructions(final_stage, "EXPOSE")
+    assert dockerfile.envs.get("GATEWAY_BIND") == "0.0.0.0:8000"
+    assert any("gunicorn.conf.py" in value.split()[:-1] for value in instructions(final_stage, "COPY"))
+
+
+def test_installs_the_pinned_requirements_and_the_package_without_build_tools_in_the_image(dockerfile, final_stage):
+    runs = " ".join(instructions(dockerfile.structure, "RUN"))
+    assert "-r requirements.txt" in runs
+    assert "pip install --no-deps ." in runs
+    for run in instructions(final_stage, "RUN"):
+        assert not re.search(r"\b(gcc|g\+\+|build-essential|make|python3?-dev)\b", run), run
+
+
+def test_dockerignore_keeps_out_the_noise_but_not_what_the_image_copies(dockerfile):
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    for kept_out in (".git", ".venv", ".env", "tests", "__pycache__", ".pytest_cache", "build", "dist"):
+        assert any(fnmatch.fnmatch(kept_out, p.removeprefix("**/")) for p in patterns), kept_out
+    sources = [part.rstrip("/") for value in instructions(dockerfile.structure, "COPY")
+               if not value.startswith("--from") for part in value.split()[:-1]]
+    assert "README.md" in sources  # setup.cfg reads it as the long description
+    for source in sources:
+        assert (ROOT / source).exists(), source
+        excluded = [p for p in patterns if fnmatch.fnmatch(source, p.removeprefix("**/"))]
+        assert not excluded, f"{source} is copied into the image but .dockerignore excludes it ({excluded})"
