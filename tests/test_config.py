@@ -48,9 +48,17 @@ def test_create_app_fails_at_start_not_at_first_request(monkeypatch):
         create_app()
 
 
-def test_gunicorn_refuses_to_start_and_names_the_variable():
-    env = {"PATH": "/usr/bin:/bin", "KEYCLOAK_TIMEOUT": "soon", "KEYCLOAK_CLIENT_SECRET": "x"}
+@pytest.mark.parametrize("environ, message", [
+    ({"KEYCLOAK_TIMEOUT": "soon", "KEYCLOAK_CLIENT_SECRET": "x"},
+     "configuration error: KEYCLOAK_TIMEOUT must be a number of seconds, got 'soon'"),
+    ({}, "configuration error: KEYCLOAK_CLIENT_SECRET is required but not set"),
+    ({"KEYCLOAK_CLIENT_SECRET": "x", "GATEWAY_WORKERS": "many"},
+     "configuration error: GATEWAY_WORKERS must be a whole number from 1 to 64, got 'many'"),
+])
+def test_gunicorn_refuses_to_start_and_names_the_variable(environ, message):
     gunicorn = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "gateway:create_app()"]
-    done = subprocess.run(gunicorn, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(gunicorn, cwd=ROOT, env={"PATH": "/usr/bin:/bin", **environ}, capture_output=True,
+                          text=True, timeout=30)
     assert done.returncode != 0
-    assert "configuration error: KEYCLOAK_TIMEOUT must be a number of seconds, got 'soon'" in done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
