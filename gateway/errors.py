@@ -4,7 +4,7 @@
     ├── RequestError                   caused by the request (HTTP 400 on POST /api/login)
     │   ├── PayloadUnknown             400 payload is unknown
     │   │   ├── FieldErrors            (its `fields`: DRF's per-field messages)
-    │   │   ├── MalformedJson          (its `detail`: the parser's words)
+    │   │   ├── MalformedBody          (its `detail`: DRF's parse error)
     │   │   └── UnsupportedMediaType   (its `media_type`)
     │   ├── InvalidCredentials         400 invalid username or password (no look-up made)
     │   ├── UsernameNotFound           404 username not found
@@ -68,12 +68,12 @@ class FieldErrors(PayloadUnknown):
         self.fields = fields
 
 
-class MalformedJson(PayloadUnknown):
-    """A body declared JSON that does not parse; `detail` is DRF's "JSON parse error - ..."."""
+class MalformedBody(PayloadUnknown):
+    """A body that does not parse as its media type; `detail` is DRF's, e.g. "JSON parse error - ..."."""
 
-    def __init__(self, problem):
-        super().__init__("malformed JSON")
-        self.detail = f"JSON parse error - {problem}"
+    def __init__(self, detail):
+        super().__init__("malformed body")
+        self.detail = detail
 
 
 class UnsupportedMediaType(PayloadUnknown):
@@ -199,7 +199,7 @@ def _token_detail(error):
 def _simplejwt_error(error):
     if isinstance(error, FieldErrors):
         return _response(error.fields, 400)
-    if isinstance(error, MalformedJson):
+    if isinstance(error, MalformedBody):
         return _response({"detail": error.detail}, 400)
     if isinstance(error, UnsupportedMediaType):
         return _response({"detail": f'Unsupported media type "{error.media_type}" in request.'}, 415)

@@ -121,7 +121,10 @@ def _upstream(operation, refusals=None):
 
 
 def _b64_json(segment):
-    return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    try:
+        return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except RecursionError:  # deeply nested JSON in a token: as malformed as any other
+        raise ValueError("nested too deeply") from None
 
 
 def _unverified_claims(token):
@@ -142,28 +145,41 @@ class RealmKeys:
         self.refetch_interval = refetch_interval
         self._keys = {}
         self._fetched_at = None
+        self._failure = None
         self._lock = threading.Lock()
         self.fetches = 0
 
     def get(self, kid):
-        """The public key named `kid`, or None when the realm does not publish it."""
+        """The public key named `kid`, or None when the realm does not publish it. While Keycloak cannot be
+        asked again, a failed fetch is answered with its error instead of a new call."""
         key = self._keys.get(kid)
         if key is not None:
             return key
         with self._lock:
             key = self._keys.get(kid)
-            recent = self._fetched_at is not None and time.monotonic() - self._fetched_at < self.refetch_interval
-            if key is None and not recent:
-                self._keys = self._load()
-                self._fetched_at = time.monotonic()
-                key = self._keys.get(kid)
-        return key
+            if key is not None:
+                return key
+            if self._fetched_at is not None and time.monotonic() - self._fetched_at < self.refetch_interval:
+                if self._failure is not None:
+                    raise type(self._failure)(self._failure.reason)
+                return None
+            self._fetch_locked()
+            return self._keys.get(kid)
+
+    def _fetch_locked(self):
+        try:
+            self._keys = self._load()
+            self._failure = None
+        except UpstreamError as exc:
+            self._failure = exc
+            raise
+        finally:
+            self._fetched_at = time.monotonic()  # failed fetches count against the rate too
 
     def load_now(self):
         """Fetch the realm's keys now and keep them; returns them (UpstreamError if they cannot be had)."""
         with self._lock:
-            self._keys = self._load()
-            self._fetched_at = time.monotonic()
+            self._fetch_locked()
             return self._keys
 
     def _load(self):
@@ -192,6 +208,7 @@ class Keycloak:
         self.settings = settings
         self._local = threading.local()
         self._proxies = requests.utils.get_environ_proxies(settings.keycloak_url)
+        self._verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         self.keys = RealmKeys(self._fetch_jwks)
         self._username_lock = UsernameLock(timeout=settings.timeout)
         self.clock = time.time  # the tests set the clock forward instead of waiting for tokens to expire
@@ -202,15 +219,15 @@ class Keycloak:
         if getattr(local, "pid", None) != os.getpid():
             s = self.settings
             # Explicit timeout and no retries: a retried password grant would be a second brute-force failure.
-            options = dict(server_url=s.keycloak_url, timeout=s.timeout, max_retries=0)
+            options = dict(server_url=s.keycloak_url, timeout=s.timeout, max_retries=0, verify=self._verify)
             local.openid = KeycloakOpenID(
                 realm_name=s.realm, client_id=s.client_id, client_secret_key=s.client_secret, **options
             )
             connection = KeycloakOpenIDConnection(
                 realm_name=s.realm, client_id=s.client_id, client_secret_key=s.client_secret, **options
             )
-            # requests re-reads proxy settings and ~/.netrc from the environment on every call (about 1 ms of
-            # CPU here): read the proxies once, and no more.
+            # requests re-reads proxy settings, CA bundles and ~/.netrc from the environment on every call (about
+            # 1 ms of CPU here): proxies and CA bundle were read once, in __init__, and that is all.
             for session in (local.openid.connection._s, connection._s):
                 session.trust_env = False
                 session.proxies.update(self._proxies)
@@ -283,7 +300,9 @@ class Keycloak:
         with _upstream("introspection"):
             answer = openid.connection.raw_post(URL_INTROSPECT.format(**{"realm-name": self.settings.realm}), data=payload)
             info = raise_error_from_response(answer, KeycloakPostError)
-        if isinstance(info, dict) and info.get("active") is True and info.get("azp") == self.settings.client_id:
+        if not isinstance(info, dict):
+            raise UpstreamBadResponse("introspection: not a JSON object")
+        if info.get("active") is True and info.get("azp") == self.settings.client_id:
             return info
         if self._expired(token):
             raise ExpiredRefreshToken("refresh token expired")

@@ -1,6 +1,7 @@
 """The request payloads, and how a request body becomes one: the EDM rules, and the SimpleJWT profile's
 (Django REST Framework's parsers and `CharField`)."""
 
+import codecs
 import json
 
 from flask import request
@@ -9,7 +10,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from gateway.errors import (
     FieldErrors,
     InvalidAccessToken,
-    MalformedJson,
+    MalformedBody,
     MissingAccessToken,
     PayloadUnknown,
     UnsupportedMediaType,
@@ -140,13 +141,21 @@ def drf_request_data():
     if not body:
         return {}
     if request.mimetype == "application/json":
+        charset = request.mimetype_params.get("charset", "utf-8")
         try:
-            text = body.decode(request.mimetype_params.get("charset", "utf-8"))
-            return json.loads(text, parse_constant=_refuse_constant)
-        except (ValueError, LookupError, RecursionError) as exc:
-            raise MalformedJson(str(exc)) from None
+            codecs.lookup(charset)
+        except LookupError:  # an unknown charset: DRF reads the body as UTF-8
+            charset = "utf-8"
+        try:
+            return json.loads(body.decode(charset), parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise MalformedBody(f"JSON parse error - {exc}") from None
+    if request.mimetype == "multipart/form-data" and not request.mimetype_params.get("boundary"):
+        raise MalformedBody("Multipart form parse error - Invalid boundary in multipart: None")
     if request.mimetype in FORM_TYPES:
-        return {name: values[-1] for name, values in request.form.lists()}  # a QueryDict's last value
+        data = {name: values[-1] for name, values in request.form.lists()}  # a QueryDict's last value
+        data.update((name, files[-1]) for name, files in request.files.lists())  # DRF: files win, and are no text
+        return data
     raise UnsupportedMediaType(request.headers.get("Content-Type", ""))
 
 

@@ -21,7 +21,7 @@ def json_response(body):
     return current_app.json.response(body), 200, {"Cache-Control": "no-store"}
 
 
-@bp.post("/login/")
+@bp.post("/login/", strict_slashes=False)
 def login():
     """SimpleJWT's token pair: `{"refresh", "access"}` in the seed's order."""
     credentials = load_drf(obtain_schema)
@@ -30,14 +30,14 @@ def login():
     return json_response({"refresh": tokens.refresh_token, "access": tokens.access_token})
 
 
-@bp.post("/refresh/")
+@bp.post("/refresh/", strict_slashes=False)
 def refresh():
     """A new access token, and the rotated refresh token (SimpleJWT with rotation on)."""
     tokens = keycloak().refresh(load_drf(refresh_schema)["refresh"])
     return json_response({"access": tokens.access_token, "refresh": tokens.refresh_token})
 
 
-@bp.post("/verify/")
+@bp.post("/verify/", strict_slashes=False)
 def verify():
     """`{}` for a valid token of this client, access or refresh."""
     keycloak().verify_token(load_drf(verify_schema)["token"])

@@ -89,7 +89,13 @@ def invalid_tokens(signer):
         "no sub": signer.token(sub=None),
         "sub not a string": signer.token(sub=42),
         "oversized": "a" * 9000,
+        "deeply nested header": _nested() + "." + payload + ".c2ln",
+        "deeply nested payload": header + "." + _nested() + ".c2ln",
     }
+
+
+def _nested(depth=3000):
+    return base64.urlsafe_b64encode(b"[" * depth).rstrip(b"=").decode()
 
 
 @pytest.mark.parametrize("case", list(invalid_tokens(Signer(kid="mock-key"))))
@@ -112,14 +118,29 @@ def test_me_makes_no_upstream_call_while_the_keys_are_cached(client, realm, sign
 
 def test_forged_kids_cannot_make_the_gateway_hammer_keycloak(app, realm, signer):
     client, keys = app.test_client(), app.extensions["keycloak"].keys
+    forged = [Signer(kid=f"forged-{i}").token() for i in range(3)]  # made first: key generation takes time
+    keys.refetch_interval = 3600
     assert me(client, f"Bearer {signer.token()}").status_code == 200
-    forged = [Signer(kid=f"forged-{i}").token() for i in range(3)]
     answers = [me(client, f"Bearer {forged[i % 3]}").status_code for i in range(30)]
     assert answers == [401] * 30
     assert len(realm.calls) == 1  # within the re-fetch interval: no re-fetch at all
     keys.refetch_interval = 0  # as if the interval had passed
     assert me(client, f"Bearer {forged[0]}").status_code == 401
     assert len(realm.calls) == 2  # one re-fetch for the unknown kid, then refused
+
+
+def test_a_failing_key_fetch_is_not_repeated_for_every_forged_kid(app, signer):
+    client, keys = app.test_client(), app.extensions["keycloak"].keys
+    with responses.RequestsMock() as mock:
+        mock.get(CERTS, body=requests.ReadTimeout("slow"))
+        forged = Signer(kid="forged").token()
+        answers = [me(client, f"Bearer {forged}") for _ in range(10)]
+        assert [(a.status_code, a.json) for a in answers] == [(504, "code=504, message=authentication service timed out")] * 10
+        assert len(mock.calls) == 1  # the failure is remembered for the re-fetch interval
+        keys.refetch_interval = 0
+        mock.replace(responses.GET, CERTS, json=signer.jwks)
+        assert me(client, f"Bearer {signer.token()}").status_code == 200
+        assert len(mock.calls) == 2
 
 
 def test_keycloak_down_while_a_key_is_unknown(client, signer):

@@ -133,10 +133,16 @@ def test_every_required_gateway_variable_is_set():
         assert environment.get(name, "").strip(), f"{name} is required by the gateway but not set in compose"
 
 
-def test_the_dev_client_secret_is_the_realms():
+def test_one_client_secret_reaches_both_keycloak_and_the_gateway(services):
+    """The realm file takes the secret from KEYCLOAK_CLIENT_SECRET at import (Keycloak's `${VAR:default}`), so a
+    secret changed in `.env` changes on both sides; with none set, both use the dev secret."""
     realm = json.loads(REALM_FILE.read_text())
     client = next(c for c in realm["clients"] if c["clientId"] == gateway_environment()["KEYCLOAK_CLIENT_ID"])
-    assert gateway_environment()["KEYCLOAK_CLIENT_SECRET"] == client["secret"] == DEV_SECRET
+    assert client["secret"] == "${KEYCLOAK_CLIENT_SECRET:" + DEV_SECRET + "}"
+    expected = "${KEYCLOAK_CLIENT_SECRET:-" + DEV_SECRET + "}"
+    assert services["keycloak"]["environment"]["KEYCLOAK_CLIENT_SECRET"] == expected
+    assert services["gateway"]["environment"]["KEYCLOAK_CLIENT_SECRET"] == expected
+    assert gateway_environment()["KEYCLOAK_CLIENT_SECRET"] == DEV_SECRET
 
 
 def published_ports(service):

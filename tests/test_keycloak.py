@@ -271,3 +271,21 @@ def test_a_dropped_post_is_never_sent_again(path, body):
         server.close()
     assert (response.status_code, response.json) == (503, "code=503, message=authentication service unavailable")
     assert server.connections == 1
+
+
+def test_proxy_and_ca_bundle_settings_are_read_once_and_kept(monkeypatch):
+    """requests stops reading the environment per call (a measured cost); what it read there still applies."""
+    from gateway import create_app
+    from tests.conftest import mock_config
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    import certifi
+
+    bundle = certifi.where()  # any real bundle: python-keycloak's httpx client opens it at once
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", bundle)
+    keycloak = create_app(mock_config(KEYCLOAK_URL="https://keycloak.internal/auth/")).extensions["keycloak"]
+    clients = keycloak._clients()
+    for connection in (clients.openid.connection, clients.admin.connection):
+        assert connection._s.trust_env is False
+        assert connection._s.proxies["https"] == "http://proxy.internal:3128"
+        assert connection.verify == bundle

@@ -45,3 +45,15 @@ def test_unexpected_failure_in_the_profile(app, caplog):
 def test_body_over_the_limit(client):
     response = client.post("/users/login/", data=b"x" * 20000, content_type="application/json")
     assert (response.status_code, response.json) == (413, {"detail": "Request body too large."})
+
+
+def test_deeply_nested_tokens_are_invalid_not_a_crash(client, upstream):
+    import base64
+
+    nested = base64.urlsafe_b64encode(b"[" * 3000).rstrip(b"=").decode()
+    token = f"eyJhbGciOiJIUzUxMiJ9.{nested}.c2ln"
+    upstream.post(TOKEN, status=400, json={"error": "invalid_grant", "error_description": "Invalid refresh token"})
+    refresh = client.post("/users/refresh/", json={"refresh": token})
+    verify = client.post("/users/verify/", json={"token": token})
+    invalid = {"detail": "Token is invalid", "code": "token_not_valid"}
+    assert (refresh.status_code, refresh.json) == (verify.status_code, verify.json) == (401, invalid)

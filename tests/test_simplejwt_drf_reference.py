@@ -51,6 +51,12 @@ CASES = {
     "login: form, blank username": ("POST", "/users/login/", b"username=&password=password",
                                     "application/x-www-form-urlencoded"),
     "login: multipart, username missing": ("POST", "/users/login/", *multipart({"password": "password"})),
+    "login: unknown charset": ("POST", "/users/login/", b'{"username": "a"}', "application/json; charset=bogus"),
+    "login: multipart without a boundary": ("POST", "/users/login/", b"username=a", "multipart/form-data"),
+    "login: multipart file parts": ("POST", "/users/login/", (
+        b'------b\r\nContent-Disposition: form-data; name="username"; filename="u.txt"\r\n\r\nahmadakbar\r\n'
+        b'------b\r\nContent-Disposition: form-data; name="password"\r\n\r\npassword\r\n------b--\r\n'),
+        "multipart/form-data; boundary=----b"),
     "login: GET": ("GET", "/users/login/", b"", None),
     "login: PUT": ("PUT", "/users/login/", b"", None),
     "login: DELETE": ("DELETE", "/users/login/", b"", None),

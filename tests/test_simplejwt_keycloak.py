@@ -108,6 +108,12 @@ def test_verify_of_another_clients_refresh_token(live_client, kc):
             401, {"detail": "Token is invalid", "code": "token_not_valid"})
 
 
+def test_paths_without_the_trailing_slash_are_served_too(live_client, kc):
+    response = live_client.post("/users/login", json={"username": "ahmadakbar", "password": "password"})
+    assert (response.status_code, list(response.json)) == (200, ["refresh", "access"])
+    assert live_client.post("/users/verify", json={"token": response.json["access"]}).json == {}
+
+
 def test_unknown_path_under_users(live_client, kc):
     assert answer(live_client.post("/users/register/")) == (404, {"detail": "Not found."})
     assert answer(live_client.get("/users/")) == (404, {"detail": "Not found."})
