@@ -8,8 +8,7 @@ import pytest
 import requests
 import responses
 
-from gateway import create_app
-from tests.conftest import LIVE_URL, live_config
+from tests.conftest import LIVE_URL
 
 INVALID_REFRESH = "code=401, message=refresh token is invalid or expired"
 INVALID_ACCESS = "code=401, message=access token is invalid or expired"
