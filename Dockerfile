@@ -1,4 +1,4 @@
-# The gateway image: gunicorn 'gateway:create_app()' with the repository's gunicorn.conf.py, as a non-root user.
+# The gateway image: gunicorn with the settings shipped in the package (gateway/gunicorn_conf.py), as a non-root user.
 # Build stage: a virtualenv with the pinned requirements and the package; the runtime stage copies only that.
 
 FROM python:3.11-slim-bookworm AS build
@@ -23,12 +23,10 @@ RUN groupadd --system --gid 10001 gateway \
     && useradd --system --uid 10001 --gid gateway --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin gateway
 COPY --from=build /opt/venv /opt/venv
-# gunicorn reads gunicorn.conf.py from the working directory; the package itself comes from the virtualenv.
 WORKDIR /app
-COPY gunicorn.conf.py ./
 # Numeric, so that runtimes enforcing a non-root user (Kubernetes runAsNonRoot) can check it.
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=3)"]
-CMD ["gunicorn", "gateway:create_app()"]
+CMD ["gunicorn", "-c", "python:gateway.gunicorn_conf"]

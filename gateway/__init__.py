@@ -5,10 +5,12 @@ from flask import Flask
 from gateway.config import load_settings
 from gateway.errors import register_error_handlers
 from gateway.keycloak import Keycloak
+from gateway.logs import configure_logging
 
 
 def create_app(test_config=None):
     """Build the app: defaults, then the environment, then `test_config` (keyed by variable name)."""
+    configure_logging()
     app = Flask(__name__)
     settings = load_settings(overrides=test_config)
     app.config["SETTINGS"] = settings

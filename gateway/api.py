@@ -2,16 +2,13 @@
 
 from flask import Blueprint, current_app
 
+from gateway import keycloak
 from gateway.schemas import LoginSchema, RefreshTokenSchema, bearer_token, load
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 login_schema = LoginSchema()
 refresh_token_schema = RefreshTokenSchema()
-
-
-def keycloak():
-    return current_app.extensions["keycloak"]
 
 
 def json_response(body, status=200, headers=None):
@@ -35,26 +32,26 @@ def token_response(tokens):
 def login():
     """Exchange `{username, password}` for the realm's tokens."""
     credentials = load(login_schema)
-    return token_response(keycloak().login(credentials["username"], credentials["password"]))
+    return token_response(keycloak.current().login(credentials["username"], credentials["password"]))
 
 
 @bp.post("/refresh")
 def refresh():
     """Exchange a refresh token for new tokens (Keycloak rotates the refresh token)."""
-    return token_response(keycloak().refresh(load(refresh_token_schema)["refreshToken"]))
+    return token_response(keycloak.current().refresh(load(refresh_token_schema)["refreshToken"]))
 
 
 @bp.post("/logout")
 def logout():
     """End the Keycloak session of a refresh token; ending an ended session answers the same."""
-    keycloak().logout(load(refresh_token_schema)["refreshToken"])
+    keycloak.current().logout(load(refresh_token_schema)["refreshToken"])
     return json_response({"status": 200, "message": "logged out"})
 
 
 @bp.get("/me")
 def me():
     """Who the access token belongs to, from the token alone (verified locally, no call to Keycloak)."""
-    claims = keycloak().verify_access_token(bearer_token())
+    claims = keycloak.current().tokens.verify(bearer_token())
     realm_access = claims.get("realm_access")
     roles = realm_access.get("roles") if isinstance(realm_access, dict) else None
     user = {

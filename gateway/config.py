@@ -1,10 +1,14 @@
 """Typed configuration: defaults, then the environment, then a test mapping; checked once at start.
 
-Every variable the gateway reads is in ``VARIABLES``; the README's table lists the same ones.
+Every environment variable the gateway reads is in ``VARIABLES`` (gunicorn's, the CA bundle's and the proxies'
+included); the README's tables list the same ones.
 """
 
 import os
-from dataclasses import dataclass
+import re
+import ssl
+import tempfile
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 
@@ -12,9 +16,31 @@ class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable."""
 
 
+# ASCII only: str.isdigit() and float() also take "²" or "٥", which int() then refuses or misreads.
+_WHOLE = re.compile(r"[0-9]{1,9}")
+_DECIMAL = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
+
+
+def whole_number(name, value, low, high):
+    """`value` as an int from `low` to `high`, written in ASCII digits; ConfigError naming `name` otherwise."""
+    if not _WHOLE.fullmatch(value) or not low <= int(value) <= high:
+        raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    return int(value)
+
+
+def _seconds(name, value, low=0.0, high=300.0):
+    if not _DECIMAL.fullmatch(value) or not low < float(value) <= high:
+        raise ConfigError(f"{name} must be a number of seconds above {low:g} and at most {high:g}, got {value!r}")
+    return float(value)
+
+
 def _url(name, value):
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{name} must be an http(s) URL, got {value!r}")
     # python-keycloak joins paths onto the base URL: without the trailing slash `/auth` would be dropped.
     return value if value.endswith("/") else value + "/"
@@ -26,16 +52,6 @@ def _text(name, value):
     return value
 
 
-def _seconds(name, value):
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
-    if not 0 < seconds <= 300:
-        raise ConfigError(f"{name} must be between 0 and 300 seconds, got {value!r}")
-    return seconds
-
-
 def _flag(name, value):
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -45,13 +61,36 @@ def _flag(name, value):
     raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
-def _bytes(name, value):
-    if not value.isdigit() or int(value) < 1024:
-        raise ConfigError(f"{name} must be a whole number of bytes, at least 1024, got {value!r}")
-    return int(value)
+def _bind(name, value):
+    host, _, port = value.rpartition(":")
+    if not host or not _WHOLE.fullmatch(port) or not 0 < int(port) < 65536:
+        raise ConfigError(f"{name} must be host:port, got {value!r}")
+    return value
 
 
-# variable: (settings field, parser, default; None means required)
+def _ca_bundle(name, value):
+    """A CA bundle (file) or directory that TLS can load: checked now, not at the first call to Keycloak."""
+    try:
+        if os.path.isdir(value):
+            ssl.create_default_context(capath=value)
+        else:
+            ssl.create_default_context(cafile=value)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{name} names no usable CA bundle, got {value!r} ({exc.strerror or exc})") from None
+    return value
+
+
+def _directory(name, value):
+    if not os.path.isabs(value):
+        raise ConfigError(f"{name} must be an absolute directory path, got {value!r}")
+    return value
+
+
+def _as_is(name, value):
+    return value
+
+
+# variable: (settings field, parser, default; None means required, "" means unset unless given).
 VARIABLES = {
     "KEYCLOAK_URL": ("keycloak_url", _url, "http://localhost:8180/auth/"),
     "KEYCLOAK_PUBLIC_URL": ("keycloak_public_url", _url, ""),
@@ -59,28 +98,72 @@ VARIABLES = {
     "KEYCLOAK_CLIENT_ID": ("client_id", _text, "edmportal"),
     "KEYCLOAK_CLIENT_SECRET": ("client_secret", _text, None),
     "KEYCLOAK_TIMEOUT": ("timeout", _seconds, "5"),
-    "GATEWAY_MAX_BODY_BYTES": ("max_body_bytes", _bytes, "16384"),
+    "GATEWAY_MAX_BODY_BYTES": ("max_body_bytes", lambda n, v: whole_number(n, v, 1024, 16 * 2**20), "16384"),
     "GATEWAY_SIMPLEJWT_PROFILE": ("simplejwt_profile", _flag, "true"),
+    "GATEWAY_KEYS_MAX_AGE": ("keys_max_age", lambda n, v: _seconds(n, v, 0, 86400), "300"),
+    # gunicorn's (read by gateway/gunicorn_conf.py)
+    "GATEWAY_BIND": ("bind", _bind, "127.0.0.1:8000"),
+    "GATEWAY_WORKERS": ("workers", lambda n, v: whole_number(n, v, 1, 64), "2"),
+    "GATEWAY_THREADS": ("threads", lambda n, v: whole_number(n, v, 1, 64), "8"),
+    # where the per-host login turns keep their lock files (gateway/userlock.py)
+    "XDG_RUNTIME_DIR": ("runtime_dir", _directory, ""),
+    "TMPDIR": ("temp_dir", _directory, ""),
+    # the calls to Keycloak: a private CA, outgoing proxies (the names requests honours, read once)
+    "REQUESTS_CA_BUNDLE": ("ca_bundle", _ca_bundle, ""),
+    "CURL_CA_BUNDLE": ("curl_ca_bundle", _ca_bundle, ""),
+    # (listed upper case first: the lower-case spelling, parsed after it, wins)
+    **{name: (name.lower(), _as_is, "") for name in (
+        "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy")},
 }
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The gateway's settings, parsed and checked."""
+    """The gateway's settings, parsed and checked. Secrets are left out of `repr`."""
 
-    keycloak_url: str
-    keycloak_public_url: str
-    realm: str
-    client_id: str
-    client_secret: str
-    timeout: float
-    max_body_bytes: int
-    simplejwt_profile: bool
+    client_secret: str = field(repr=False)
+    keycloak_url: str = "http://localhost:8180/auth/"
+    keycloak_public_url: str = ""
+    realm: str = "edm"
+    client_id: str = "edmportal"
+    timeout: float = 5.0
+    max_body_bytes: int = 16384
+    simplejwt_profile: bool = True
+    keys_max_age: float = 300.0
+    bind: str = "127.0.0.1:8000"
+    workers: int = 2
+    threads: int = 8
+    runtime_dir: str = ""
+    temp_dir: str = ""
+    ca_bundle: str = ""
+    curl_ca_bundle: str = ""
+    # proxies may carry credentials (http://user:password@proxy): not in repr either
+    https_proxy: str = field(default="", repr=False)
+    http_proxy: str = field(default="", repr=False)
+    all_proxy: str = field(default="", repr=False)
+    no_proxy: str = ""
 
     @property
     def issuer(self):
         """The `iss` every token of the realm must carry: from the public URL, never the one called."""
         return f"{self.keycloak_public_url}realms/{self.realm}"
+
+    @property
+    def tls_verify(self):
+        """What requests verifies Keycloak's certificate with: the CA bundle named in the environment, else its own."""
+        return self.ca_bundle or self.curl_ca_bundle or True
+
+    @property
+    def proxies(self):
+        """Outgoing proxies by scheme; of HTTPS_PROXY and https_proxy the lower-case one wins, as in requests."""
+        named = (("https", self.https_proxy), ("http", self.http_proxy), ("all", self.all_proxy))
+        return {scheme: proxy for scheme, proxy in named if proxy}
+
+    @property
+    def lock_dir(self):
+        """The per-user directory of the login turns' lock files: the runtime directory, else the temp dir."""
+        base = self.runtime_dir or self.temp_dir or tempfile.gettempdir()
+        return os.path.join(base, f"edm-gateway-{os.getuid()}-grants")
 
 
 def load_settings(environ=None, overrides=None):
@@ -89,7 +172,7 @@ def load_settings(environ=None, overrides=None):
     raw = {name: environ.get(name) for name in VARIABLES}
     raw.update(overrides or {})
     values = {}
-    for name, (field, parse, default) in VARIABLES.items():
+    for name, (attribute, parse, default) in VARIABLES.items():
         value = raw.get(name)
         if value is None or value == "":
             if default is None:
@@ -97,6 +180,6 @@ def load_settings(environ=None, overrides=None):
             if default == "":
                 continue
             value = default
-        values[field] = parse(name, str(value))
+        values[attribute] = parse(name, str(value))
     values.setdefault("keycloak_public_url", values["keycloak_url"])
     return Settings(**values)

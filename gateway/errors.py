@@ -18,6 +18,7 @@
     │   ├── MissingAccessToken         401 missing access token
     │   └── InvalidAccessToken         401 access token is invalid or expired
     │       └── ExpiredAccessToken
+    ├── LoginQueueTimeout              504 authentication service timed out (the username's turn did not come)
     └── UpstreamError                  Keycloak could not answer usefully
         ├── UpstreamUnavailable        503 authentication service unavailable
         ├── UpstreamTimeout            504 authentication service timed out
@@ -137,6 +138,13 @@ class ExpiredAccessToken(InvalidAccessToken):
     pass
 
 
+class LoginQueueTimeout(GatewayError):
+    """Another login of the same username held its turn for longer than KEYCLOAK_TIMEOUT: a wait in the gateway,
+    not in Keycloak, though the answer is the documented timeout."""
+
+    code, message = 504, "authentication service timed out"
+
+
 class UpstreamError(GatewayError):
     """Keycloak could not be used: not reached, too slow, or an answer the gateway cannot use."""
 
@@ -165,6 +173,7 @@ DRF_AUTHENTICATE = 'JWT realm="api"'
 DRF_UPSTREAM = {
     UpstreamUnavailable: (503, "Authentication service unavailable."),
     UpstreamTimeout: (504, "Authentication service timed out."),
+    LoginQueueTimeout: (504, "Authentication service timed out."),
     UpstreamBadResponse: (502, "Authentication service error."),
 }
 ACCOUNT_ERRORS = (InvalidCredentials, UsernameNotFound, WrongPassword, AccountLocked, AccountDisabled, AccountNotSetUp)
@@ -217,12 +226,24 @@ def handle_gateway_error(error):
     """Render a GatewayError in the shape of the profile the request belongs to."""
     if isinstance(error, UpstreamError):
         log.warning("upstream failure on %s: %s", request.path, error.reason)
+    elif isinstance(error, LoginQueueTimeout):
+        log.warning("login queue timeout on %s: %s", request.path, error.reason)
     return _simplejwt_error(error) if _simplejwt_profile() else _edm_error(error)
 
 
 METHOD_ORDER = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
 HTTP_MESSAGES = {404: "not found", 405: "method not allowed", 413: "payload too large"}
-DRF_HTTP_DETAILS = {404: "Not found.", 413: "Request body too large."}
+# DRF's own words where it has an exception for the status; werkzeug's long descriptions (HTML in places) never.
+DRF_HTTP_DETAILS = {
+    400: "Malformed request.",
+    401: "Authentication credentials were not provided.",
+    403: "You do not have permission to perform this action.",
+    404: "Not found.",
+    406: "Could not satisfy the request Accept header.",
+    413: "Request body too large.",
+    429: "Request was throttled.",
+    500: "A server error occurred.",
+}
 
 
 def handle_http_error(error):
@@ -231,7 +252,7 @@ def handle_http_error(error):
     headers = {"Allow": ", ".join(sorted(allowed, key=METHOD_ORDER.index))} if allowed else {}
     if _simplejwt_profile():
         detail = f'Method "{request.method}" not allowed.' if error.code == 405 else DRF_HTTP_DETAILS.get(
-            error.code, error.description or error.name)
+            error.code, f"{error.name}.")
         return _response({"detail": detail}, error.code, headers)
     message = HTTP_MESSAGES.get(error.code, (error.name or "error").lower())
     return _response(edm_body(error.code, message), error.code, headers)

@@ -2,6 +2,7 @@
 
 from flask import Blueprint, current_app
 
+from gateway import keycloak
 from gateway.errors import UpstreamUnavailable
 
 bp = Blueprint("ops", __name__)
@@ -16,6 +17,6 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     """200 only while Keycloak's realm metadata and keys can be fetched (checked at most every few seconds)."""
-    if not current_app.extensions["keycloak"].ready():
+    if not keycloak.current().ready():
         raise UpstreamUnavailable("readiness: realm metadata or keys unreachable")
     return current_app.json.response({"status": 200, "message": "ready"})

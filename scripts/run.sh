@@ -34,6 +34,6 @@ Admin console of realm edm: http://localhost:8180/auth/admin/edm/console/  (edma
 Ctrl-C stops the gateway and Keycloak.
 
 TXT
-.venv/bin/gunicorn 'gateway:create_app()' &
+.venv/bin/gunicorn -c python:gateway.gunicorn_conf &
 gunicorn_pid=$!
 wait "$gunicorn_pid"

@@ -1,19 +1,23 @@
-"""Fixtures: `app`/`client` with a mocked Keycloak address for the mapping tables, and the real Keycloak of the
-local stack (`make keycloak`) with users made and removed per test for everything else."""
+"""Fixtures: `app`/`client` with a mocked Keycloak address for the mapping tables (`upstream` mocks it), sockets
+that never answer, and the real Keycloak of the local stack (`make keycloak`) with users made and removed per test
+for everything else. No test sees the developer's own settings: every variable the gateway reads is unset."""
 
 import os
 import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
+import responses
 from keycloak import KeycloakAdmin, KeycloakOpenIDConnection
 
 from gateway import create_app
+from gateway.config import VARIABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 MOCK_URL = "http://keycloak.test/auth/"
@@ -35,9 +39,74 @@ def live_config(**overrides):
     return {"KEYCLOAK_URL": LIVE_URL, "KEYCLOAK_CLIENT_SECRET": DEV_SECRET, "KEYCLOAK_TIMEOUT": "5", **overrides}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_environment():
+    """Exported KEYCLOAK_*/GATEWAY_* (and proxy, CA bundle, runtime directory) variables never change an outcome:
+    the run starts without any of them, and tests that mean one pass it explicitly."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in VARIABLES:
+            patch.delenv(name, raising=False)
+        yield
+
+
 @pytest.fixture
 def app():
     return create_app(mock_config())
+
+
+@pytest.fixture
+def upstream():
+    """The mocked Keycloak at MOCK_URL: every answer a test adds must be asked for."""
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
+        yield mock
+
+
+@pytest.fixture
+def silent_url():
+    """The URL of a socket that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        yield f"http://127.0.0.1:{silent.getsockname()[1]}/auth/"
+
+
+class HangingUpServer:
+    """A real socket that reads each request and closes the connection without an answer, counting them."""
+
+    def __init__(self):
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.socket.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}/auth/"
+        self.connections = 0
+        self._running = True
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while self._running:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                continue
+            with connection:
+                self.connections += 1
+                connection.settimeout(1)
+                try:
+                    connection.recv(65536)
+                except OSError:
+                    pass
+
+    def close(self):
+        self._running = False
+        self._thread.join()
+        self.socket.close()
+
+
+@pytest.fixture
+def hanging_up_server():
+    server = HangingUpServer()
+    yield server
+    server.close()
 
 
 @pytest.fixture
@@ -148,13 +217,13 @@ def free_port():
 
 
 class Gunicorn:
-    """The gateway under gunicorn with the repository's config, as `make run` starts it."""
+    """The gateway under gunicorn with the settings shipped in the package, as `make run` starts it."""
 
     def __init__(self, env, cwd=ROOT, executable=None, args=()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [executable or os.path.join(os.path.dirname(sys.executable), "gunicorn"),
-                   "--bind", f"127.0.0.1:{self.port}", *args, "gateway:create_app()"]
+                   "-c", "python:gateway.gunicorn_conf", "--bind", f"127.0.0.1:{self.port}", *args]
         self.process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **env},
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -39,7 +39,7 @@ def test_one_user_logging_in_many_times_at_once_always_succeeds(gateway, kc):
     assert kc.admin.get_bruteforce_detection_status(user.id)["numFailures"] == 0
 
 
-def test_without_the_gateway_keycloak_refuses_overlapping_grants(kc):
+def test_upstream_fact_keycloak_alone_refuses_overlapping_grants(kc):
     """The reason the gateway queues grants: straight to Keycloak, some concurrent right-password grants fail."""
     user = kc.create_user()
     with ThreadPoolExecutor(max_workers=8) as pool:

@@ -1,13 +1,15 @@
 """Configuration is typed and checked at start: a bad setting stops the gateway with the variable's name."""
 
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 
 from gateway import create_app
-from gateway.config import ConfigError, load_settings
-from tests.conftest import ROOT
+from gateway.config import VARIABLES, ConfigError, load_settings
+from tests.conftest import ROOT, mock_config
 
 BASE = {"KEYCLOAK_CLIENT_SECRET": "s3cret"}
 
@@ -36,6 +38,20 @@ def test_trailing_slash_is_added_and_public_url_sets_the_issuer():
     ({**BASE, "KEYCLOAK_PUBLIC_URL": "ftp://x"}, "KEYCLOAK_PUBLIC_URL"),
     ({**BASE, "GATEWAY_MAX_BODY_BYTES": "16k"}, "GATEWAY_MAX_BODY_BYTES"),
     ({**BASE, "GATEWAY_SIMPLEJWT_PROFILE": "maybe"}, "GATEWAY_SIMPLEJWT_PROFILE"),
+    # digits that str.isdigit() or float() accept but int() refuses or misreads
+    ({**BASE, "GATEWAY_MAX_BODY_BYTES": "²"}, "GATEWAY_MAX_BODY_BYTES"),
+    ({**BASE, "GATEWAY_MAX_BODY_BYTES": "１６３８４"}, "GATEWAY_MAX_BODY_BYTES"),
+    ({**BASE, "GATEWAY_WORKERS": "²"}, "GATEWAY_WORKERS"),
+    ({**BASE, "GATEWAY_THREADS": "0"}, "GATEWAY_THREADS"),
+    ({**BASE, "KEYCLOAK_TIMEOUT": "٥"}, "KEYCLOAK_TIMEOUT"),
+    ({**BASE, "KEYCLOAK_TIMEOUT": "1_0"}, "KEYCLOAK_TIMEOUT"),
+    ({**BASE, "GATEWAY_KEYS_MAX_AGE": "-1"}, "GATEWAY_KEYS_MAX_AGE"),
+    ({**BASE, "GATEWAY_BIND": "8000"}, "GATEWAY_BIND"),
+    ({**BASE, "KEYCLOAK_URL": "http://[::1/auth"}, "KEYCLOAK_URL"),
+    ({**BASE, "KEYCLOAK_URL": "http://localhost:99999/auth"}, "KEYCLOAK_URL"),
+    ({**BASE, "REQUESTS_CA_BUNDLE": "/nonexistent"}, "REQUESTS_CA_BUNDLE"),
+    ({**BASE, "CURL_CA_BUNDLE": "/etc/hostname"}, "CURL_CA_BUNDLE"),
+    ({**BASE, "TMPDIR": "relative/dir"}, "TMPDIR"),
 ])
 def test_bad_setting_names_the_variable(environ, variable):
     with pytest.raises(ConfigError, match=variable):
@@ -50,15 +66,61 @@ def test_create_app_fails_at_start_not_at_first_request(monkeypatch):
 
 @pytest.mark.parametrize("environ, message", [
     ({"KEYCLOAK_TIMEOUT": "soon", "KEYCLOAK_CLIENT_SECRET": "x"},
-     "configuration error: KEYCLOAK_TIMEOUT must be a number of seconds, got 'soon'"),
+     "configuration error: KEYCLOAK_TIMEOUT must be a number of seconds above 0 and at most 300, got 'soon'"),
     ({}, "configuration error: KEYCLOAK_CLIENT_SECRET is required but not set"),
     ({"KEYCLOAK_CLIENT_SECRET": "x", "GATEWAY_WORKERS": "many"},
      "configuration error: GATEWAY_WORKERS must be a whole number from 1 to 64, got 'many'"),
+    ({"KEYCLOAK_CLIENT_SECRET": "x", "GATEWAY_WORKERS": "²"},
+     "configuration error: GATEWAY_WORKERS must be a whole number from 1 to 64, got '²'"),
+    ({"KEYCLOAK_CLIENT_SECRET": "x", "REQUESTS_CA_BUNDLE": "/nonexistent"},
+     "configuration error: REQUESTS_CA_BUNDLE names no usable CA bundle, got '/nonexistent'"),
 ])
-def test_gunicorn_refuses_to_start_and_names_the_variable(environ, message):
-    gunicorn = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "gateway:create_app()"]
+@pytest.mark.parametrize("command", [["gateway:create_app()"], ["-c", "python:gateway.gunicorn_conf"]],
+                         ids=["checkout", "packaged-config"])
+def test_gunicorn_refuses_to_start_and_names_the_variable(environ, message, command):
+    gunicorn = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", *command]
+    started = time.monotonic()
     done = subprocess.run(gunicorn, cwd=ROOT, env={"PATH": "/usr/bin:/bin", **environ}, capture_output=True,
                           text=True, timeout=30)
     assert done.returncode != 0
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+    assert time.monotonic() - started < 10
+
+
+def test_the_client_secret_is_not_in_the_settings_repr():
+    s = load_settings(environ={"KEYCLOAK_CLIENT_SECRET": "s3cret-value-42",
+                               "HTTPS_PROXY": "http://proxyuser:proxy-pass-7@proxy:3128"})
+    assert "s3cret-value-42" not in repr(s) and "proxy-pass-7" not in repr(s)
+    assert "s3cret-value-42" not in str(create_app(mock_config(KEYCLOAK_CLIENT_SECRET="s3cret-value-42")).config)
+
+
+def test_proxies_lower_case_wins_as_in_requests():
+    s = load_settings(environ={**BASE, "HTTPS_PROXY": "http://upper:1", "https_proxy": "http://lower:2",
+                               "HTTP_PROXY": "http://plain:3"})
+    assert s.proxies == {"https": "http://lower:2", "http": "http://plain:3"}
+
+
+def test_a_python_keycloak_whose_internals_moved_fails_the_start(monkeypatch):
+    import gateway.keycloak
+
+    class Moved(gateway.keycloak.KeycloakOpenIDConnection):
+        def __getattribute__(self, name):
+            if name == "_s":
+                raise AttributeError("'KeycloakOpenIDConnection' object has no attribute '_s'")
+            return super().__getattribute__(name)
+
+    monkeypatch.setattr(gateway.keycloak, "KeycloakOpenIDConnection", Moved)
+    with pytest.raises(ConfigError, match="cannot build the Keycloak client: AttributeError: .* '_s'"):
+        create_app(mock_config())
+
+
+def test_the_gateway_reads_no_environment_variable_outside_config():
+    sources = {p.name: p.read_text() for p in (ROOT / "gateway").glob("*.py") if p.name != "config.py"}
+    readers = {name for name, text in sources.items() if re.search(r"os\.environ|os\.getenv|getenv\(", text)}
+    assert readers == set()
+
+
+def test_the_readme_lists_every_variable_the_gateway_reads():
+    readme = (ROOT / "README.md").read_text()
+    assert [name for name in VARIABLES if f"`{name}`" not in readme] == []

@@ -5,7 +5,16 @@ import requests
 import responses
 from responses import matchers
 
-from tests.conftest import MOCK_URL, Signer
+from gateway import create_app
+from gateway.errors import (
+    AccountDisabled,
+    InvalidRefreshToken,
+    UpstreamBadResponse,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.keycloak import REFRESH_REFUSALS, _upstream
+from tests.conftest import MOCK_URL, Signer, mock_config
 
 REALM = f"{MOCK_URL}realms/edm"
 TOKEN = f"{REALM}/protocol/openid-connect/token"
@@ -24,12 +33,6 @@ def invalid_grant(status, description):
 
 def login(client):
     return client.post("/api/login", json={"username": "ahmadakbar", "password": "password1"})
-
-
-@pytest.fixture
-def upstream():
-    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
-        yield mock
 
 
 def grant_answers(upstream, **answer):
@@ -218,66 +221,21 @@ def test_refresh_and_logout_bad_payload(client, upstream, path, body):
     assert len(upstream.calls) == 0
 
 
-class HangingUpServer:
-    """A real socket that reads each request and closes the connection without an answer, counting them."""
-
-    def __init__(self):
-        import socket
-        import threading
-
-        self.socket = socket.create_server(("127.0.0.1", 0))
-        self.socket.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}/auth/"
-        self.connections = 0
-        self._running = True
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self):
-        while self._running:
-            try:
-                connection, _ = self.socket.accept()
-            except OSError:
-                continue
-            with connection:
-                self.connections += 1
-                connection.settimeout(1)
-                try:
-                    connection.recv(65536)
-                except OSError:
-                    pass
-
-    def close(self):
-        self._running = False
-        self._thread.join()
-        self.socket.close()
-
-
 @pytest.mark.parametrize("path, body", [
     ("/api/login", {"username": "ahmadakbar", "password": "password1"}),
     ("/api/refresh", {"refreshToken": "r-old"}),
     ("/api/logout", {"refreshToken": "r-old"}),
 ])
-def test_a_dropped_post_is_never_sent_again(path, body):
+def test_a_dropped_post_is_never_sent_again(path, body, hanging_up_server):
     """python-keycloak retries POSTs by default; a retried grant would be a second brute-force failure."""
-    from gateway import create_app
-    from tests.conftest import mock_config
-
-    server = HangingUpServer()
-    try:
-        client = create_app(mock_config(KEYCLOAK_URL=server.url)).test_client()
-        response = client.post(path, json=body)
-    finally:
-        server.close()
+    client = create_app(mock_config(KEYCLOAK_URL=hanging_up_server.url)).test_client()
+    response = client.post(path, json=body)
     assert (response.status_code, response.json) == (503, "code=503, message=authentication service unavailable")
-    assert server.connections == 1
+    assert hanging_up_server.connections == 1
 
 
 def test_proxy_and_ca_bundle_settings_are_read_once_and_kept(monkeypatch):
     """requests stops reading the environment per call (a measured cost); what it read there still applies."""
-    from gateway import create_app
-    from tests.conftest import mock_config
-
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     import certifi
 
@@ -289,3 +247,75 @@ def test_proxy_and_ca_bundle_settings_are_read_once_and_kept(monkeypatch):
         assert connection._s.trust_env is False
         assert connection._s.proxies["https"] == "http://proxy.internal:3128"
         assert connection.verify == bundle
+
+
+def _connection_error(cause):
+    from keycloak.exceptions import KeycloakConnectionError
+
+    try:
+        raise KeycloakConnectionError("Can't connect to server") from cause
+    except KeycloakConnectionError as exc:
+        return exc
+
+
+def _refusal(status, body):
+    from keycloak.exceptions import KeycloakPostError
+
+    return KeycloakPostError(error_message=b"...", response_code=status, response_body=body)
+
+
+@pytest.mark.parametrize("raised, expected", [
+    # python-keycloak's wrapper of a failed HTTP call, by the type of its cause
+    (_connection_error(requests.ConnectTimeout("connect")), UpstreamTimeout),
+    (_connection_error(requests.ReadTimeout("read")), UpstreamTimeout),
+    (_connection_error(requests.ConnectionError("refused")), UpstreamUnavailable),
+    (_connection_error(requests.exceptions.SSLError("handshake")), UpstreamUnavailable),
+    (_connection_error(requests.exceptions.ChunkedEncodingError("cut")), UpstreamUnavailable),
+    (_connection_error(requests.exceptions.InvalidHeader("bad header")), UpstreamBadResponse),
+    (_connection_error(ValueError("not a requests exception")), UpstreamBadResponse),
+    (_connection_error(None), UpstreamBadResponse),
+    # Keycloak's refusals, through the operation's table
+    (_refusal(400, b'{"error":"invalid_grant","error_description":"Account disabled"}'), AccountDisabled),
+    (_refusal(400, b'{"error":"invalid_grant","error_description":"Stale token"}'), InvalidRefreshToken),
+    (_refusal(401, b'{"error":"unauthorized_client"}'), UpstreamBadResponse),
+    (_refusal(500, b"<html>oops</html>"), UpstreamBadResponse),
+    (_refusal(400, None), UpstreamBadResponse),
+    # anything else python-keycloak raises: a bad answer, not a crash
+    (TypeError("Unexpected response type from 'token'. Expected 'dict', received 'bytes'"), UpstreamBadResponse),
+    (TypeError("a wording python-keycloak may use one day"), UpstreamBadResponse),
+    (KeyError("access_token"), UpstreamBadResponse),
+], ids=lambda v: type(v).__name__ if isinstance(v, Exception) else v.__name__)
+def test_every_branch_of_the_translation(raised, expected):
+    with pytest.raises(expected) as caught:
+        with _upstream("refresh grant", REFRESH_REFUSALS):
+            raise raised
+    assert type(caught.value) is expected
+    assert caught.value.__cause__ is raised
+
+
+@pytest.mark.parametrize("cause", [ValueError("odd"), RuntimeError("odd")])
+def test_a_connection_error_with_an_odd_cause_is_a_502_not_a_500(client, upstream, cause):
+    grant_answers(upstream, body=cause)
+    response = login(client)
+    assert (response.status_code, response.json) == (502, "code=502, message=authentication service error")
+
+
+def test_the_client_secret_is_in_no_log_line(upstream, signer, caplog):
+    """Success, every kind of failure and an outage, all logged at DEBUG: the secret never appears."""
+    import logging
+
+    client = create_app(mock_config()).test_client()
+    with caplog.at_level(logging.DEBUG):
+        grant_answers(upstream, json={"access_token": signer.token(), "refresh_token": "r", "expires_in": 300})
+        upstream.get(CERTS, json=signer.jwks)
+        assert login(client).status_code == 200
+        upstream.replace(responses.POST, TOKEN, match=[matchers.urlencoded_params_matcher(GRANT_SENT)],
+                         **invalid_grant(400, "Invalid user credentials"))
+        look_up_answers(upstream, [])
+        assert login(client).json == "code=404, message=username not found"
+        for answer in ({"status": 200, "body": "<html>"}, {"body": ValueError("odd")},
+                       {"body": requests.ConnectionError("refused")}, {"status": 401, "json": {"error": "x"}}):
+            upstream.replace(responses.POST, TOKEN, match=[matchers.urlencoded_params_matcher(GRANT_SENT)], **answer)
+            assert login(client).status_code in (502, 503)
+    assert "mock-secret" not in caplog.text
+    assert "Traceback" in caplog.text  # the odd failure was logged with its trace, and still no secret

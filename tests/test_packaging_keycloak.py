@@ -2,6 +2,7 @@
 
 import subprocess
 import venv
+from pathlib import Path
 
 import requests
 
@@ -16,10 +17,13 @@ def test_pip_install_into_an_empty_virtualenv(tmp_path, kc):
     site = subprocess.run([python, "-c", "import gateway; print(gateway.__file__)"], capture_output=True,
                           text=True, check=True, cwd=tmp_path).stdout
     assert str(tmp_path) in site  # the installed copy, not the checkout
-    # Started outside the checkout, so neither the source tree nor gunicorn.conf.py is used.
-    server = Gunicorn({"KEYCLOAK_URL": LIVE_URL, "KEYCLOAK_CLIENT_SECRET": DEV_SECRET}, cwd=tmp_path,
-                      executable=str(tmp_path / "venv" / "bin" / "gunicorn")).wait_ready()
+    # Started outside the checkout: neither the source tree nor its gunicorn.conf.py is there, only the package's
+    # own settings (`-c python:gateway.gunicorn_conf`), which take GATEWAY_WORKERS from the environment.
+    server = Gunicorn({"KEYCLOAK_URL": LIVE_URL, "KEYCLOAK_CLIENT_SECRET": DEV_SECRET, "GATEWAY_WORKERS": "3"},
+                      cwd=tmp_path, executable=str(tmp_path / "venv" / "bin" / "gunicorn")).wait_ready()
     try:
+        workers = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
+        assert len(workers) == 3  # not gunicorn's default of one sync worker
         response = requests.post(server.url + "/api/login", json={"username": "ahmadakbar", "password": "password"},
                                  timeout=30)
         assert (response.status_code, response.json()["message"]) == (200, kc.admin.get_user_id("ahmadakbar"))

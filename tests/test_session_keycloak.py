@@ -3,12 +3,14 @@
 import base64
 import json
 import re
+import time
 
 import pytest
 import requests
 import responses
 
-from tests.conftest import LIVE_URL
+from gateway import create_app
+from tests.conftest import LIVE_URL, live_config
 
 INVALID_REFRESH = "code=401, message=refresh token is invalid or expired"
 INVALID_ACCESS = "code=401, message=access token is invalid or expired"
@@ -127,12 +129,12 @@ def test_me_without_a_token(live_client, kc):
 
 
 def test_me_refuses_an_expired_token(live_app, user):
-    client, keycloak = live_app.test_client(), live_app.extensions["keycloak"]
+    client, tokens = live_app.test_client(), live_app.extensions["keycloak"].tokens
     token = login(client, user)["accessToken"]
     expires = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "==="))["exp"]
-    keycloak.clock = lambda: expires + 29  # expired a moment ago, within the 30 s leeway
+    tokens.clock = lambda: expires + 29  # expired a moment ago, within the 30 s leeway
     assert client.get("/api/me", headers={"Authorization": f"Bearer {token}"}).status_code == 200
-    keycloak.clock = lambda: expires + 31  # beyond it
+    tokens.clock = lambda: expires + 31  # beyond it
     assert answer(client.get("/api/me", headers={"Authorization": f"Bearer {token}"})) == (401, INVALID_ACCESS)
 
 
@@ -146,16 +148,42 @@ def test_me_makes_no_upstream_call_while_the_keys_are_cached(live_client, user, 
     assert len(upstream_calls) == before
 
 
+def key_providers(kc):
+    """The realm's key providers as (id, provider, active, enabled, priority): what the key fixtures must restore."""
+    realm_id = kc.admin.get_realm("edm")["id"]
+    providers = kc.admin.get_components({"parent": realm_id, "type": "org.keycloak.keys.KeyProvider"})
+    return sorted((p["id"], p["providerId"], *(p["config"].get(k) and p["config"][k][0]
+                                               for k in ("active", "enabled", "priority"))) for p in providers)
+
+
+def add_signing_key(kc, name, priority="500"):
+    """A new RS256 signing key provider of the realm, above the realm's own key: new tokens are signed with it."""
+    return kc.admin.create_component({
+        "name": name, "providerId": "rsa-generated", "providerType": "org.keycloak.keys.KeyProvider",
+        "parentId": kc.admin.get_realm("edm")["id"],
+        "config": {"priority": [priority], "enabled": ["true"], "active": ["true"], "algorithm": ["RS256"],
+                   "keySize": ["2048"]}})
+
+
 @pytest.fixture
-def rotated_key(kc):
+def realm_keys_restored(kc):
+    """Whatever a test does to the realm's keys, the other tests find them as they were."""
+    before = key_providers(kc)
+    yield
+    after = key_providers(kc)
+    for provider_id, *_ in after:
+        if provider_id not in {p[0] for p in before}:
+            kc.admin.delete_component(provider_id)
+    assert key_providers(kc) == before
+
+
+@pytest.fixture
+def rotated_key(kc, realm_keys_restored):
     """A new RS256 signing key of higher priority, the old one made passive; undone afterwards."""
     realm_id = kc.admin.get_realm("edm")["id"]
     providers = kc.admin.get_components({"parent": realm_id, "type": "org.keycloak.keys.KeyProvider"})
     old = next(p for p in providers if p["providerId"] == "rsa-generated")
-    new_id = kc.admin.create_component({
-        "name": "rotated-by-test", "providerId": "rsa-generated", "providerType": "org.keycloak.keys.KeyProvider",
-        "parentId": realm_id, "config": {"priority": ["500"], "enabled": ["true"], "active": ["true"],
-                                         "algorithm": ["RS256"], "keySize": ["2048"]}})
+    add_signing_key(kc, "rotated-by-test")
 
     def set_active(active):
         kc.admin.update_component(old["id"], {**old, "config": {**old["config"], "active": [active]}})
@@ -165,7 +193,6 @@ def rotated_key(kc):
         yield
     finally:
         set_active("true")
-        kc.admin.delete_component(new_id)
 
 
 def test_key_rotation_is_followed_after_exactly_one_refetch(live_app, kc, user, request):
@@ -180,3 +207,24 @@ def test_key_rotation_is_followed_after_exactly_one_refetch(live_app, kc, user, 
         response = client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
         assert (response.status_code, response.json["message"]) == (200, user.id)
     assert keys.fetches == 2
+
+
+def kid_of(token):
+    return json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "==="))["kid"]
+
+
+def test_a_key_removed_from_the_realm_stops_verifying_within_the_maximum_age(kc, user, realm_keys_restored):
+    provider_id = add_signing_key(kc, "removed-by-test", priority="600")
+    app = create_app(live_config(GATEWAY_KEYS_MAX_AGE="60"))
+    client, keys = app.test_client(), app.extensions["keycloak"].keys
+    token = login(client, user)["accessToken"]
+    added = [k["kid"] for k in kc.admin.get_keys()["keys"] if k.get("providerId") == provider_id]
+    assert kid_of(token) in added  # signed with the key about to be removed
+    me = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/me", headers=me).status_code == 200
+    kc.admin.delete_component(provider_id)  # an admin removes a compromised key
+    assert client.get("/api/me", headers=me).status_code == 200  # the key set in hand is still in date
+    keys.clock = lambda: time.monotonic() + 61  # a minute later: past GATEWAY_KEYS_MAX_AGE
+    assert answer(client.get("/api/me", headers=me)) == (401, INVALID_ACCESS)
+    fresh = login(client, user)["accessToken"]  # the realm's own key signs again, and verifies
+    assert answer(client.get("/api/me", headers={"Authorization": f"Bearer {fresh}"}))[0] == 200

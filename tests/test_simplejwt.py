@@ -3,17 +3,10 @@
 import logging
 
 import pytest
-import responses
 
 from tests.conftest import MOCK_URL
 
 TOKEN = f"{MOCK_URL}realms/edm/protocol/openid-connect/token"
-
-
-@pytest.fixture
-def upstream():
-    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
-        yield mock
 
 
 @pytest.mark.parametrize("kc_answer, status, body", [

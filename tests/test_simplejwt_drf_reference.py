@@ -141,9 +141,9 @@ def test_expired_token_on_verify(live_app, kc):
     expired.set_exp(lifetime=timedelta(seconds=-100))
     reference = drf_answer("POST", "/users/verify/", *as_json({"token": str(expired)}))
     access = client.post("/users/login/", json={"username": "ahmadakbar", "password": "password"}).json["access"]
-    keycloak = live_app.extensions["keycloak"]
-    real_clock = keycloak.clock
-    keycloak.clock = lambda: real_clock() + 400
+    tokens = live_app.extensions["keycloak"].tokens
+    real_clock = tokens.clock
+    tokens.clock = lambda: real_clock() + 400
     ours = gateway_answer(client, "POST", "/users/verify/", *as_json({"token": access}))
     assert ours == reference == (401, {"detail": "Token is expired", "code": "token_not_valid"},
                                  'JWT realm="api"', None)

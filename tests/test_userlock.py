@@ -1,21 +1,24 @@
-"""One password grant per username at a time: threads and processes take turns; none waits forever."""
+"""One password grant per username at a time: threads and processes take turns, in order, none waits forever,
+and nobody can hold another user's turn by choosing a username."""
 
+import hashlib
 import multiprocessing
 import threading
 import time
 
 import pytest
 
-from gateway.errors import UpstreamTimeout
-from gateway.userlock import UsernameLock
+from gateway.config import ConfigError
+from gateway.errors import LoginQueueTimeout
+from gateway.userlock import UsernameTurns
 
 
 def test_same_username_takes_turns_across_threads(tmp_path):
-    lock = UsernameLock(timeout=5, directory=str(tmp_path))
+    turns = UsernameTurns(str(tmp_path), timeout=5)
     inside, overlaps = [], []
 
     def grant(name):
-        with lock.hold(name):
+        with turns.hold(name):
             inside.append(1)
             overlaps.append(len(inside))
             time.sleep(0.02)
@@ -27,8 +30,58 @@ def test_same_username_takes_turns_across_threads(tmp_path):
     assert overlaps == [1] * 8
 
 
+def test_waiting_threads_get_the_turn_in_arrival_order(tmp_path):
+    turns = UsernameTurns(str(tmp_path), timeout=5)
+    order = []
+    release = threading.Event()
+
+    def first():
+        with turns.hold("ahmadakbar"):
+            release.wait(5)
+
+    def later(n):
+        with turns.hold("ahmadakbar"):
+            order.append(n)
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    while turns.waiting("ahmadakbar") != 0 or not turns._queues:
+        time.sleep(0.001)
+    waiters = []
+    for n in range(6):
+        waiters.append(threading.Thread(target=later, args=(n,)))
+        waiters[-1].start()
+        while turns.waiting("ahmadakbar") != n + 1:  # each one queued before the next arrives
+            time.sleep(0.001)
+    release.set()
+    for t in [holder, *waiters]:
+        t.join()
+    assert order == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_turn_that_does_not_come_is_a_login_queue_timeout_and_leaves_nothing_behind(tmp_path):
+    turns = UsernameTurns(str(tmp_path), timeout=0.1)
+    with turns.hold("ahmadakbar"):
+        failures = []
+
+        def wait():
+            try:
+                with turns.hold("AhmadAkbar"):
+                    pass
+            except LoginQueueTimeout as exc:
+                failures.append(exc.reason)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        waiter.join()
+        assert failures == ["waited too long for another login of the same username in this process"]
+    assert turns._queues == {}  # memory is bounded by the usernames in use, not by every name ever seen
+    with turns.hold("ahmadakbar"):
+        pass
+
+
 def _hold(directory, started, seconds):
-    with UsernameLock(timeout=5, directory=directory).hold("ahmadakbar"):
+    with UsernameTurns(directory, timeout=5).hold("ahmadakbar"):
         started.set()
         time.sleep(seconds)
 
@@ -38,33 +91,62 @@ def test_another_process_holding_the_username_makes_us_wait_then_time_out(tmp_pa
     holder = multiprocessing.Process(target=_hold, args=(str(tmp_path), started, 1.0))
     holder.start()
     assert started.wait(10)
-    lock = UsernameLock(timeout=0.2, directory=str(tmp_path))
-    with pytest.raises(UpstreamTimeout):
-        with lock.hold("ahmadakbar"):
+    turns = UsernameTurns(str(tmp_path), timeout=0.2)
+    with pytest.raises(LoginQueueTimeout, match="in another process"):
+        with turns.hold("ahmadakbar"):
             pass
     holder.join()
-    with lock.hold("ahmadakbar"):  # free again once the other process let go
+    with turns.hold("ahmadakbar"):  # free again once the other process let go
         pass
 
 
+def test_processes_sharing_a_directory_share_its_stripes_and_other_directories_do_not(tmp_path):
+    one, two = UsernameTurns(str(tmp_path / "a"), timeout=1), UsernameTurns(str(tmp_path / "a"), timeout=1)
+    other = UsernameTurns(str(tmp_path / "b"), timeout=1)
+    names = [f"user{i}" for i in range(50)]
+    assert [one.stripe(n) for n in names] == [two.stripe(n) for n in names]
+    assert [one.stripe(n).rsplit("/", 1)[1] for n in names] != [other.stripe(n).rsplit("/", 1)[1] for n in names]
+    assert (tmp_path / "a" / "stripe.key").stat().st_mode & 0o777 == 0o600
+
+
+def _old_stripe(username):
+    """Where the gateway used to put a username: a public hash onto 1024 files, so collisions could be searched."""
+    return int.from_bytes(hashlib.sha256(username.lower().encode()).digest()[:4], "big") % 1024
+
+
+def test_a_username_chosen_to_collide_with_the_victims_does_not_hold_the_victims_turn(tmp_path):
+    victim = "ahmadakbar"
+    attacker = next(f"x{i}" for i in range(100000) if _old_stripe(f"x{i}") == _old_stripe(victim))
+    turns = UsernameTurns(str(tmp_path), timeout=0.5)
+    with turns.hold(attacker):
+        started = time.monotonic()
+        with turns.hold(victim):
+            waited = time.monotonic() - started
+    assert waited < 0.25  # not the 0.5 s timeout: the attacker's name is not on the victim's lock file
+
+
 def test_different_usernames_do_not_wait_for_each_other(tmp_path):
-    lock = UsernameLock(timeout=0.2, directory=str(tmp_path))
-    with lock.hold("ahmadakbar"):
-        with lock.hold("budisantoso"):
+    turns = UsernameTurns(str(tmp_path), timeout=0.2)
+    with turns.hold("ahmadakbar"):
+        with turns.hold("budisantoso"):
             pass
 
 
-def test_directory_removed_by_a_temp_cleaner_is_made_again(tmp_path):
+def test_directory_removed_by_a_temp_cleaner_is_made_again_with_the_same_key(tmp_path):
     directory = tmp_path / "locks"
-    lock = UsernameLock(timeout=1, directory=str(directory))
+    turns = UsernameTurns(str(directory), timeout=1)
+    stripe = turns.stripe("ahmadakbar")
+    for path in directory.iterdir():
+        path.unlink()
     directory.rmdir()
-    with lock.hold("ahmadakbar"):
+    with turns.hold("ahmadakbar"):
         assert directory.is_dir()
+    assert UsernameTurns(str(directory), timeout=1).stripe("ahmadakbar") == stripe
 
 
 def test_directory_open_to_other_users_is_refused(tmp_path):
     directory = tmp_path / "locks"
     directory.mkdir(mode=0o777)
     directory.chmod(0o777)
-    with pytest.raises(RuntimeError, match="mode 0700"):
-        UsernameLock(timeout=1, directory=str(directory))
+    with pytest.raises(ConfigError, match="mode 0700"):
+        UsernameTurns(str(directory), timeout=1)
