@@ -1,27 +1,31 @@
-"""The EDM auth gateway: a Backend-for-Frontend in front of the Keycloak realm `edm`."""
+"""The EDM auth gateway: a Backend-for-Frontend in front of the Keycloak realm `edm`.
 
-from flask import Flask
-
-from gateway.config import load_settings
-from gateway.errors import register_error_handlers
-from gateway.keycloak import Keycloak
-from gateway.logs import configure_logging
+Importing the package imports nothing else: gunicorn's settings must set up the metrics directory before
+prometheus_client is first imported (`gateway/gunicorn_conf.py`).
+"""
 
 
 def create_app(test_config=None):
     """Build the app: defaults, then the environment, then `test_config` (keyed by variable name)."""
+    from flask import Flask
+
+    from gateway import api, observe, ops, simplejwt
+    from gateway.config import load_settings
+    from gateway.errors import register_error_handlers
+    from gateway.keycloak import Keycloak
+    from gateway.logs import configure_logging, register_secret
+
     configure_logging()
     app = Flask(__name__)
     settings = load_settings(overrides=test_config)
+    register_secret(settings.client_secret)
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # the documented bodies have a key order
     app.extensions["keycloak"] = Keycloak(settings)
 
+    observe.register(app)  # first: every later hook and handler finds the request id
     register_error_handlers(app)
-
-    from gateway import api, ops, simplejwt
-
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
     if settings.simplejwt_profile:

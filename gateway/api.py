@@ -2,7 +2,7 @@
 
 from flask import Blueprint, current_app
 
-from gateway import keycloak
+from gateway import keycloak, observe
 from gateway.schemas import LoginSchema, RefreshTokenSchema, bearer_token, load
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -18,6 +18,7 @@ def json_response(body, status=200, headers=None):
 
 def token_response(tokens):
     """The documented token body, keys in the seed's order, never cached."""
+    observe.identify(tokens.claims)
     body = {
         "status": 200,
         "message": tokens.claims["sub"],

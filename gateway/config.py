@@ -105,6 +105,8 @@ VARIABLES = {
     "GATEWAY_BIND": ("bind", _bind, "127.0.0.1:8000"),
     "GATEWAY_WORKERS": ("workers", lambda n, v: whole_number(n, v, 1, 64), "2"),
     "GATEWAY_THREADS": ("threads", lambda n, v: whole_number(n, v, 1, 64), "8"),
+    # prometheus_client's multiprocess directory (gateway/gunicorn_conf.py wipes it at start, or makes its own)
+    "PROMETHEUS_MULTIPROC_DIR": ("metrics_dir", _directory, ""),
     # where the per-host login turns keep their lock files (gateway/userlock.py)
     "XDG_RUNTIME_DIR": ("runtime_dir", _directory, ""),
     "TMPDIR": ("temp_dir", _directory, ""),
@@ -133,6 +135,7 @@ class Settings:
     bind: str = "127.0.0.1:8000"
     workers: int = 2
     threads: int = 8
+    metrics_dir: str = ""
     runtime_dir: str = ""
     temp_dir: str = ""
     ca_bundle: str = ""

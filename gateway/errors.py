@@ -19,6 +19,7 @@
     │   └── InvalidAccessToken         401 access token is invalid or expired
     │       └── ExpiredAccessToken
     ├── LoginQueueTimeout              504 authentication service timed out (the username's turn did not come)
+    ├── NotReady                       503 keycloak unavailable (/readyz: names what failed)
     └── UpstreamError                  Keycloak could not answer usefully
         ├── UpstreamUnavailable        503 authentication service unavailable
         ├── UpstreamTimeout            504 authentication service timed out
@@ -34,6 +35,8 @@ import logging
 from flask import current_app, request
 from werkzeug.exceptions import HTTPException
 
+from gateway.observe import record_outcome
+
 log = logging.getLogger(__name__)
 
 # Endpoints whose request-caused failures answer HTTP 400 with the precise meaning in `code` (the seed's contract).
@@ -41,10 +44,12 @@ STATUS_400_ENDPOINTS = frozenset({"api.login"})
 
 
 class GatewayError(Exception):
-    """Root of the gateway's errors: `code` and `message` make the documented body."""
+    """Root of the gateway's errors: `code` and `message` make the documented body; `outcome` names the answer in
+    the metrics and the audit log."""
 
     code = 500
     message = "internal server error"
+    outcome = "internal_error"
     headers = {}
 
     def __init__(self, reason=None):
@@ -59,6 +64,7 @@ class RequestError(GatewayError):
 
 class PayloadUnknown(RequestError):
     code, message = 400, "payload is unknown"
+    outcome = "payload_unknown"
 
 
 class FieldErrors(PayloadUnknown):
@@ -87,30 +93,37 @@ class UnsupportedMediaType(PayloadUnknown):
 
 class InvalidCredentials(RequestError):
     code, message = 400, "invalid username or password"
+    outcome = "invalid_credentials"
 
 
 class UsernameNotFound(RequestError):
     code, message = 404, "username not found"
+    outcome = "username_not_found"
 
 
 class WrongPassword(RequestError):
     code, message = 400, "wrong password"
+    outcome = "wrong_password"
 
 
 class AccountLocked(RequestError):
     code, message = 403, "account temporarily locked"
+    outcome = "account_locked"
 
 
 class AccountDisabled(RequestError):
     code, message = 403, "account disabled"
+    outcome = "account_disabled"
 
 
 class AccountNotSetUp(RequestError):
     code, message = 403, "account is not fully set up"
+    outcome = "account_not_set_up"
 
 
 class InvalidRefreshToken(RequestError):
     code, message = 401, "refresh token is invalid or expired"
+    outcome = "invalid_refresh_token"
 
 
 class ExpiredRefreshToken(InvalidRefreshToken):
@@ -123,11 +136,13 @@ class WrongTokenType(InvalidRefreshToken):
 
 class MissingAccessToken(RequestError):
     code, message = 401, "missing access token"
+    outcome = "missing_access_token"
     headers = {"WWW-Authenticate": 'Bearer realm="edm"'}
 
 
 class InvalidAccessToken(RequestError):
     code, message = 401, "access token is invalid or expired"
+    outcome = "invalid_access_token"
     headers = {
         "WWW-Authenticate": 'Bearer realm="edm", error="invalid_token", '
         'error_description="The access token is invalid or expired"'
@@ -143,6 +158,18 @@ class LoginQueueTimeout(GatewayError):
     not in Keycloak, though the answer is the documented timeout."""
 
     code, message = 504, "authentication service timed out"
+    outcome = "login_queue_timeout"
+
+
+class NotReady(GatewayError):
+    """`/readyz`: a service the gateway needs does not answer; the message names which."""
+
+    code = 503
+    outcome = "not_ready"
+
+    def __init__(self, services):
+        super().__init__(f"not ready: {', '.join(services)}")
+        self.message = f"{', '.join(services)} unavailable"
 
 
 class UpstreamError(GatewayError):
@@ -151,14 +178,17 @@ class UpstreamError(GatewayError):
 
 class UpstreamUnavailable(UpstreamError):
     code, message = 503, "authentication service unavailable"
+    outcome = "upstream_unavailable"
 
 
 class UpstreamTimeout(UpstreamError):
     code, message = 504, "authentication service timed out"
+    outcome = "upstream_timeout"
 
 
 class UpstreamBadResponse(UpstreamError):
     code, message = 502, "authentication service error"
+    outcome = "upstream_error"
 
 
 def edm_body(code, message):
@@ -224,6 +254,7 @@ def _simplejwt_error(error):
 
 def handle_gateway_error(error):
     """Render a GatewayError in the shape of the profile the request belongs to."""
+    record_outcome(error.outcome, error.reason)
     if isinstance(error, UpstreamError):
         log.warning("upstream failure on %s: %s", request.path, error.reason)
     elif isinstance(error, LoginQueueTimeout):
@@ -233,6 +264,7 @@ def handle_gateway_error(error):
 
 METHOD_ORDER = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
 HTTP_MESSAGES = {404: "not found", 405: "method not allowed", 413: "payload too large"}
+HTTP_OUTCOMES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 # DRF's own words where it has an exception for the status; werkzeug's long descriptions (HTML in places) never.
 DRF_HTTP_DETAILS = {
     400: "Malformed request.",
@@ -248,6 +280,7 @@ DRF_HTTP_DETAILS = {
 
 def handle_http_error(error):
     """Render werkzeug's HTTP errors (404, 405, 413...); 405 keeps its `Allow` header."""
+    record_outcome(HTTP_OUTCOMES.get(error.code, f"http_{error.code}"), error.name)
     allowed = getattr(error, "valid_methods", None) or ()
     headers = {"Allow": ", ".join(sorted(allowed, key=METHOD_ORDER.index))} if allowed else {}
     if _simplejwt_profile():
@@ -262,6 +295,7 @@ def handle_unexpected_error(error):
     """Log an unexpected failure with its trace and answer the bare 500 of the profile."""
     if isinstance(error, HTTPException):
         return handle_http_error(error)
+    record_outcome(GatewayError.outcome, f"{type(error).__name__}: {error}")
     log.exception("unexpected failure on %s %s", request.method, request.path)
     if _simplejwt_profile():
         return _response({"detail": "A server error occurred."}, 500)

@@ -4,25 +4,73 @@ The same settings wherever the gateway runs (`make run`, the container image, a 
 checkout's `gunicorn.conf.py` only points here, for a bare `gunicorn 'gateway:create_app()'`.
 """
 
+import glob
+import os
+import shutil
 import sys
+import tempfile
+from logging.config import dictConfig
 
-from gateway import create_app
-from gateway.config import ConfigError, load_settings
+from gunicorn import glogging
+
+from gateway.config import ConfigError, load_settings  # (importing the package imports nothing else)
+
+try:
+    settings = load_settings()
+except ConfigError as exc:
+    sys.exit(f"edm-gateway: configuration error: {exc}")
+
+# prometheus_client decides when it is first imported whether it runs in multiprocess mode, so its directory is
+# set before anything imports it, and wiped: counts of an earlier run must not be summed into this one.
+if settings.metrics_dir:
+    metrics_dir, own_metrics_dir = settings.metrics_dir, False
+    os.makedirs(metrics_dir, exist_ok=True)
+    for stale in glob.glob(os.path.join(metrics_dir, "*.db")):
+        os.remove(stale)
+else:
+    metrics_dir, own_metrics_dir = tempfile.mkdtemp(prefix="edm-gateway-metrics-"), True
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+
+from gateway import create_app  # noqa: E402 - after the metrics directory is set
 
 try:
     # Everything a worker will build, built once before any is forked: a start that cannot work stops here,
     # with the variable or cause named, instead of workers failing one after another.
-    settings = load_settings()
     create_app()
 except ConfigError as exc:
     sys.exit(f"edm-gateway: configuration error: {exc}")
+
+
+class JsonLogger(glogging.Logger):
+    """gunicorn's own log lines as JSON through the gateway's handler; no access line, as the app writes one line
+    per request itself (with its request id and outcome)."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        from gateway.logs import logging_config
+
+        dictConfig(logging_config())
+        self._access_log_enabled = False  # also spares gunicorn building the access line's fields per request
+
+
+def child_exit(server, worker):
+    """A worker is gone: its live series must not be read any more."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if own_metrics_dir:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
 
 wsgi_app = "gateway:create_app()"
 bind = settings.bind
 worker_class = "gthread"
 workers = settings.workers
 threads = settings.threads
-accesslog = "-"
+logger_class = JsonLogger
 errorlog = "-"
 # A login may wait for its username's turn, then make a grant and two look-ups, each bounded by KEYCLOAK_TIMEOUT.
 timeout = int(6 * settings.timeout) + 10

@@ -21,6 +21,7 @@ from keycloak import KeycloakAdmin, KeycloakOpenID, KeycloakOpenIDConnection
 from keycloak.exceptions import KeycloakConnectionError, KeycloakError, KeycloakPostError, raise_error_from_response
 from keycloak.urls_patterns import URL_INTROSPECT
 
+from gateway import metrics, observe
 from gateway.config import ConfigError
 from gateway.errors import (
     AccountDisabled,
@@ -108,9 +109,13 @@ TRANSPORT_FAILURES = (
 
 @contextmanager
 def _upstream(operation, refusals=None):
-    """Translate what a python-keycloak call raises into the gateway's errors, the most specific class."""
+    """One call to Keycloak: timed (metrics and the request's audit event), and what python-keycloak raises
+    translated into the gateway's errors, the most specific class."""
+    started = time.perf_counter()
+    result = "error"
     try:
         yield
+        result = "ok"
     except KeycloakConnectionError as exc:
         # python-keycloak wraps every exception of the HTTP call in this class: its cause tells what happened.
         cause = exc.__cause__
@@ -122,12 +127,17 @@ def _upstream(operation, refusals=None):
         error, description = _refusal_of(exc)
         refusal = (refusals or {}).get((error, description)) or (refusals or {}).get((error, None))
         reason = f"{operation}: HTTP {exc.response_code} {error or 'non-JSON body'}: {description or ''}".rstrip()
+        result = "refused" if refusal else "error"
         raise (refusal or UpstreamBadResponse)(reason) from exc
     except GatewayError:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. python-keycloak's TypeError for a body of the wrong JSON type
         log.warning("%s: unusable answer", operation, exc_info=True)
         raise UpstreamBadResponse(f"{operation}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        elapsed = time.perf_counter() - started
+        metrics.UPSTREAM_SECONDS.labels(operation, result).observe(elapsed)
+        observe.add_upstream_time(elapsed)
 
 
 def _proxies(settings):
@@ -158,6 +168,7 @@ class Keycloak:
         self.tokens = AccessTokens(settings, self.keys)
         self.turns = UsernameTurns(settings.lock_dir, timeout=settings.timeout)
         self._readiness = (None, False)  # (monotonic time it was checked, result)
+        self.readiness_ttl = 5.0  # seconds a readiness answer is kept
 
     def _clients(self):
         local = self._local
@@ -188,12 +199,11 @@ class Keycloak:
                 with _upstream("password grant", LOGIN_REFUSALS):
                     body = openid.token(username=username, password=password, scope="profile email")
             except _CredentialsRejected as exc:
-                body, rejected = None, exc
-        if body is not None:
-            return self._tokens(body)  # verified after the turn was passed on
-        if not explain:
-            raise InvalidCredentials(rejected.reason)
-        raise self._credential_failure(username, rejected.reason)
+                if not explain:
+                    raise InvalidCredentials(exc.reason) from None
+                # Within the turn: while another grant of the user is in flight, Keycloak reports it as locked.
+                raise self._credential_failure(username, exc.reason) from None
+        return self._tokens(body)  # verified after the turn was passed on
 
     def _credential_failure(self, username, reason):
         admin = self._clients().admin
@@ -241,10 +251,10 @@ class Keycloak:
         except _SessionEnded:
             pass
 
-    def ready(self, cache_seconds=5.0):
-        """Whether the realm's metadata and keys can be fetched now; the answer is kept a few seconds."""
+    def ready(self):
+        """Whether the realm's metadata and keys can be fetched now; the answer is kept `readiness_ttl` seconds."""
         checked_at, result = self._readiness
-        if checked_at is not None and time.monotonic() - checked_at < cache_seconds:
+        if checked_at is not None and time.monotonic() - checked_at < self.readiness_ttl:
             return result
         try:
             with _upstream("realm metadata"):

@@ -1,17 +1,129 @@
-"""Logging, configured once for the whole gateway: its loggers write to standard output through one handler."""
+"""Logging: one JSON object per line on standard output, configured once for the app and for gunicorn alike.
 
+The standard library's logging with the small formatter below, rather than python-json-logger or structlog: it
+is the best-kept option there is (it ships with Python), the formatter is a few dozen lines, and the one thing
+that matters most here, that no secret is ever written, is enforced in this one place, `JsonFormatter.clean`:
+- fields named like a secret (`password`, `token`, `authorization`, `cookie`, `secret`...) are replaced whole;
+- token-shaped strings (JWTs, `Bearer ...` credentials) and the secrets registered at start (the client
+  secret) are replaced wherever they appear, in messages, fields and tracebacks alike.
+"""
+
+import json
 import logging
+import re
 import sys
+import threading
+from datetime import datetime, timezone
 
-FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+from flask import g, has_request_context
+
+REDACTED = "[redacted]"
+SECRET_FIELDS = re.compile(r"pass(word)?|secret|token|authorization|cookie|credential|session_id|code_verifier",
+                           re.IGNORECASE)
+TOKEN_SHAPES = re.compile(
+    r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.?[A-Za-z0-9_-]*"  # a JWT (Keycloak's refresh tokens are JWTs too)
+    r"|\b(?:Bearer|JWT|Basic)\s+[A-Za-z0-9._~+/=-]{8,}",  # credentials of an Authorization header
+    re.IGNORECASE,
+)
+# The attributes every LogRecord has; anything else on a record came in through `extra=` and is a field.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+_secrets = set()
+_secrets_lock = threading.Lock()
+
+
+def register_secret(value):
+    """A value that must never be written, wherever it turns up (the client secret, the session secret)."""
+    if value and len(value) >= 4:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+class JsonFormatter(logging.Formatter):
+    """A record as one line of JSON: time, level, logger, message, then its fields (the request id during a
+    request, and those given with `extra=`); every string cleaned of secrets."""
+
+    def format(self, record):
+        line = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        for name, value in vars(record).items():
+            if name not in _RECORD_ATTRIBUTES and not name.startswith("_"):
+                line[name] = REDACTED if SECRET_FIELDS.search(name) else value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps({name: self.clean(value) for name, value in line.items()}, default=str)
+
+    @staticmethod
+    def clean(value):
+        """The value with every token-shaped string and registered secret replaced."""
+        if isinstance(value, str):
+            value = TOKEN_SHAPES.sub(REDACTED, value)
+            for secret in _secrets:
+                if secret in value:
+                    value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {k: REDACTED if SECRET_FIELDS.search(str(k)) else JsonFormatter.clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [JsonFormatter.clean(v) for v in value]
+        return value
+
+
+class StdoutHandler(logging.StreamHandler):
+    """Standard output as it is when a line is written, not as it was when logging was configured."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def logging_config():
+    """The logging configuration, as `logging.config.dictConfig` takes it (gunicorn's `logconfig_dict` too)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"stdout": {"()": StdoutHandler, "formatter": "json"}},
+        "root": {"level": "INFO", "handlers": ["stdout"]},
+        "loggers": {
+            # gunicorn's own loggers, made to go through the root's JSON handler
+            "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
+        },
+    }
+
+
+def _stamped_with_request_id(make_record):
+    """A record factory that stamps each record made during a request with its id, whatever handler writes it."""
+
+    def make(*args, **kwargs):
+        record = make_record(*args, **kwargs)
+        if has_request_context() and "request_id" in g:
+            record.request_id = g.request_id
+        return record
+
+    make.edm_gateway = True
+    return make
 
 
 def configure_logging():
-    """Give the `gateway` loggers their handler, once per process however many apps are built."""
-    logger = logging.getLogger("gateway")
-    if not any(getattr(handler, "edm_gateway", False) for handler in logger.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter(FORMAT))
-        handler.edm_gateway = True
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    """Install the JSON handler on the root logger and the request id on every record, once per process (gunicorn's
+    master may have done the first)."""
+    import logging.config
+
+    if not any(isinstance(h, StdoutHandler) for h in logging.getLogger().handlers):
+        logging.config.dictConfig(logging_config())
+    if not getattr(logging.getLogRecordFactory(), "edm_gateway", False):
+        logging.setLogRecordFactory(_stamped_with_request_id(logging.getLogRecordFactory()))

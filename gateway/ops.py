@@ -1,9 +1,11 @@
-"""Operations endpoints: liveness and readiness."""
+"""Operations endpoints: liveness, readiness, metrics and the API document. None of them is rate-limited or
+counted as an attempt."""
 
 from flask import Blueprint, current_app
 
-from gateway import keycloak
-from gateway.errors import UpstreamUnavailable
+from gateway import keycloak, metrics
+from gateway.errors import NotReady
+from gateway.openapi import build_document
 
 bp = Blueprint("ops", __name__)
 
@@ -14,9 +16,32 @@ def healthz():
     return current_app.json.response({"status": 200, "message": "ok"})
 
 
+def readiness_checks():
+    """(name, check) of every service the gateway cannot answer without."""
+    return [("keycloak", keycloak.current().ready)]
+
+
 @bp.get("/readyz")
 def readyz():
-    """200 only while Keycloak's realm metadata and keys can be fetched (checked at most every few seconds)."""
-    if not keycloak.current().ready():
-        raise UpstreamUnavailable("readiness: realm metadata or keys unreachable")
+    """200 only while every service the gateway needs answers (each result kept a few seconds); else 503 naming
+    the ones that do not."""
+    failed = [name for name, ready in readiness_checks() if not ready()]
+    if failed:
+        raise NotReady(failed)
     return current_app.json.response({"status": 200, "message": "ready"})
+
+
+@bp.get("/metrics")
+def prometheus():
+    """The Prometheus series, summed over the worker processes."""
+    body, content_type = metrics.exposition(current_app.config["SETTINGS"].metrics_dir)
+    return body, 200, {"Content-Type": content_type}
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """The OpenAPI 3.1 document of the endpoints this app serves; built once, no network call."""
+    document = current_app.extensions.get("openapi")
+    if document is None:
+        document = current_app.extensions["openapi"] = build_document(current_app.config["SETTINGS"])
+    return current_app.json.response(document)

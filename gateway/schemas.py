@@ -4,7 +4,7 @@
 import codecs
 import json
 
-from flask import request
+from flask import g, request
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from gateway.errors import (
@@ -33,9 +33,10 @@ class LoginSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    # `\Z`, not `$`: `$` would accept a trailing newline.
+    # `\Z`, not `$`: `$` would accept a trailing newline. The document gets the same rule in JSON Schema's regex.
     username = fields.String(
-        required=True, validate=[validate.Length(min=3, max=255), validate.Regexp(r"[A-Za-z0-9]+\Z")]
+        required=True, validate=[validate.Length(min=3, max=255), validate.Regexp(r"[A-Za-z0-9]+\Z")],
+        metadata={"pattern": "^[A-Za-z0-9]+$"},
     )
     password = fields.String(required=True, validate=[validate.Length(min=8, max=1024), utf8])
 
@@ -64,9 +65,10 @@ def request_fields():
 def load(schema):
     """Validate the request body against `schema`; PayloadUnknown for anything that does not fit."""
     try:
-        return schema.load(request_fields())
+        g.payload = schema.load(request_fields())
     except ValidationError:
         raise PayloadUnknown("payload does not match the schema") from None
+    return g.payload
 
 
 def bearer_token():
@@ -168,6 +170,7 @@ def load_drf(schema):
         message = f"Invalid data. Expected a dictionary, but got {type(data).__name__}."
         raise FieldErrors({"non_field_errors": [message]})
     try:
-        return schema.load(data)
+        g.payload = schema.load(data)
     except ValidationError as exc:
         raise FieldErrors(exc.messages) from None
+    return g.payload

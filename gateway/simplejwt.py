@@ -4,7 +4,7 @@ in DRF's shapes by `gateway.errors`; which of SimpleJWT's words a refused token 
 
 from flask import Blueprint, current_app
 
-from gateway import keycloak
+from gateway import keycloak, observe
 from gateway.errors import (
     ExpiredAccessToken,
     ExpiredRefreshToken,
@@ -26,20 +26,27 @@ def json_response(body):
     return current_app.json.response(body), 200, {"Cache-Control": "no-store"}
 
 
+def pair_response(tokens, *order):
+    """SimpleJWT's token pair, its keys in `order` ("refresh"/"access")."""
+    observe.identify(tokens.claims)
+    values = {"refresh": tokens.refresh_token, "access": tokens.access_token}
+    return json_response({key: values[key] for key in order})
+
+
 @bp.post("/login/", strict_slashes=False)
 def login():
     """SimpleJWT's token pair: `{"refresh", "access"}` in the seed's order."""
     credentials = load_drf(obtain_schema)
     # Every credential failure reads alike here, so the look-up that tells them apart is not made.
     tokens = keycloak.current().login(credentials["username"], credentials["password"], explain=False)
-    return json_response({"refresh": tokens.refresh_token, "access": tokens.access_token})
+    return pair_response(tokens, "refresh", "access")
 
 
 @bp.post("/refresh/", strict_slashes=False)
 def refresh():
     """A new access token, and the rotated refresh token (SimpleJWT with rotation on)."""
     tokens = refresh_pair(load_drf(refresh_schema)["refresh"])
-    return json_response({"access": tokens.access_token, "refresh": tokens.refresh_token})
+    return pair_response(tokens, "access", "refresh")
 
 
 @bp.post("/verify/", strict_slashes=False)

@@ -13,6 +13,7 @@ import time
 from jwcrypto import jwk, jwt
 from jwcrypto.common import JWException
 
+from gateway import metrics
 from gateway.errors import ExpiredAccessToken, InvalidAccessToken, UpstreamBadResponse, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,9 @@ class RealmKeys:
             keys = self._load()
         except UpstreamError as exc:
             self._failure = exc
+            metrics.KEY_FETCHES.labels("error").inc()
             raise
+        metrics.KEY_FETCHES.labels("ok").inc()
         self._keys, self._loaded_at, self._failure = keys, self._tried_at, None
 
     def load_now(self):

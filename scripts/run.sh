@@ -31,7 +31,9 @@ Log in as the seed's user:
        -d '{"username":"ahmadakbar","password":"password"}'
 
 Admin console of realm edm: http://localhost:8180/auth/admin/edm/console/  (edmadmin / edmadmin)
-Ctrl-C stops the gateway and Keycloak.
+API document (OpenAPI 3.1):  http://$GATEWAY_BIND/openapi.json
+Metrics (Prometheus):        http://$GATEWAY_BIND/metrics
+Logs: one JSON object per line, below. Ctrl-C stops the gateway and Keycloak.
 
 TXT
 .venv/bin/gunicorn -c python:gateway.gunicorn_conf &

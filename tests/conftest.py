@@ -2,7 +2,9 @@
 that never answer, and the real Keycloak of the local stack (`make keycloak`) with users made and removed per test
 for everything else. No test sees the developer's own settings: every variable the gateway reads is unset."""
 
+import logging
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -37,6 +39,44 @@ def mock_config(**overrides):
 def live_config(**overrides):
     """Settings for an app that calls the real Keycloak of the local stack."""
     return {"KEYCLOAK_URL": LIVE_URL, "KEYCLOAK_CLIENT_SECRET": DEV_SECRET, "KEYCLOAK_TIMEOUT": "5", **overrides}
+
+
+# Everything logged during the run (this process's records, as the JSON handler writes them, and the output of
+# every gunicorn the suite starts), and the secrets the suite used: checked against each other when the run ends.
+LOGGED = []
+SUITE_SECRETS = {DEV_SECRET, "mock-secret"}
+TOKEN_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.")
+
+
+class _Sink(logging.Handler):
+    def emit(self, record):
+        LOGGED.append(self.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def logged_lines():
+    from gateway.logs import JsonFormatter
+
+    sink = _Sink(level=logging.DEBUG)
+    sink.setFormatter(JsonFormatter())
+    logging.getLogger().addHandler(sink)
+    yield LOGGED
+    logging.getLogger().removeHandler(sink)
+
+
+def find_leaks(lines, secrets):
+    """The lines that hold a token-shaped string or one of `secrets`."""
+    return [line for line in lines if TOKEN_SHAPE.search(line) or any(s in line for s in secrets)]
+
+
+def pytest_sessionfinish(session):
+    """The suite-wide check: no line logged during the run holds a password, a token or the client secret used."""
+    leaks = find_leaks(LOGGED, SUITE_SECRETS)
+    if leaks:
+        session.config.get_terminal_writer().line(
+            f"SECRETS IN LOGS: {len(leaks)} logged lines hold a password, token or secret of the suite, e.g. "
+            f"{leaks[0][:300]}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -102,6 +142,72 @@ class HangingUpServer:
         self.socket.close()
 
 
+class Relay:
+    """A TCP relay from a loopback port to Keycloak. Stopped, whoever calls Keycloak through it finds it gone
+    (connections refused, open ones cut); started again, back: the fault of a stopped Keycloak, made without
+    stopping the Keycloak that the other tests use."""
+
+    def __init__(self, target=("127.0.0.1", 8180)):
+        self.target, self.port = target, free_port()
+        self.url = f"http://127.0.0.1:{self.port}/auth/"
+        self._open, self._listener = [], None
+        self.start()
+
+    def start(self):
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+
+    def _accept(self, listener):
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # stopped
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            self._open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stop(self):
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread in accept(); close() alone would not
+        except OSError:
+            pass
+        self._listener.close()
+        for connection in self._open:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            connection.close()
+        self._open.clear()
+
+
+@pytest.fixture
+def keycloak_relay():
+    relay = Relay()
+    yield relay
+    relay.stop()
+
+
 @pytest.fixture
 def hanging_up_server():
     server = HangingUpServer()
@@ -142,9 +248,12 @@ class RealKeycloak:
         self.version = self.admin.get_server_info()["systemInfo"]["version"]
         self._created = []
 
-    def create_user(self, prefix="t", password="password123", enabled=True, complete=True, actions=()):
-        """A fresh user of the realm (alphanumeric name), removed after the test."""
+    def create_user(self, prefix="t", password=None, enabled=True, complete=True, actions=()):
+        """A fresh user of the realm (alphanumeric name, a password of its own unless given), removed after the
+        test; its password joins the secrets that no log line of the suite may hold."""
         username = f"{prefix}{secrets.token_hex(6)}"
+        password = password or f"Pw-{secrets.token_hex(8)}"
+        SUITE_SECRETS.add(password)
         payload = {"username": username, "enabled": enabled, "requiredActions": list(actions),
                    "credentials": [{"type": "password", "value": password, "temporary": False}]}
         if complete:
@@ -240,12 +349,15 @@ class Gunicorn:
         raise AssertionError("gunicorn did not start in time")
 
     def stop(self):
+        """Stop it; its output (every line it logged), also kept for the suite-wide secrets check."""
         self.process.terminate()
         try:
-            return self.process.communicate(timeout=15)[0]
+            output = self.process.communicate(timeout=15)[0]
         except subprocess.TimeoutExpired:
             self.process.kill()
-            return self.process.communicate()[0]
+            output = self.process.communicate()[0]
+        LOGGED.extend(output.splitlines())
+        return output
 
 
 class Signer:

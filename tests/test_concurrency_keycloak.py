@@ -47,3 +47,14 @@ def test_upstream_fact_keycloak_alone_refuses_overlapping_grants(kc):
     refused = [a.json() for a in answers if a.status_code != 200]
     assert refused, "Keycloak no longer refuses overlapping grants: the per-username queue may be unnecessary"
     assert {r["error_description"] for r in refused} == {"Invalid user credentials"}
+
+
+def test_right_and_wrong_passwords_of_one_user_at_once_are_each_told_truly(gateway, kc):
+    """The brute-force look-up that tells a wrong password from a lock runs within the username's turn: while a
+    grant of the user is in flight Keycloak reports the user as locked."""
+    for _ in range(3):
+        user = kc.create_user()
+        wrong = type(user)(user.id, user.username, "not-the-password")
+        answers = login_all(gateway, [user, wrong, user, user], workers=4)
+        assert [(a.status_code, a.json() if a.status_code != 200 else "ok") for a in answers] == [
+            (200, "ok"), (400, "code=400, message=wrong password"), (200, "ok"), (200, "ok")]

@@ -34,8 +34,8 @@ GATEWAY_ERRORS = [
 
 def test_the_table_covers_every_error_class():
     classes = {c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.GatewayError)}
-    payload_details = {errors.FieldErrors, errors.MalformedBody, errors.UnsupportedMediaType}  # DRF's; below
-    assert classes - payload_details - {e for e, _, _ in GATEWAY_ERRORS} == set()
+    with_arguments = {errors.FieldErrors, errors.MalformedBody, errors.UnsupportedMediaType, errors.NotReady}  # below
+    assert classes - with_arguments - {e for e, _, _ in GATEWAY_ERRORS} == set()
 
 
 @pytest.mark.parametrize("error_class, status, body", GATEWAY_ERRORS, ids=lambda v: getattr(v, "__name__", None))
@@ -54,8 +54,10 @@ def test_each_error_renders_its_documented_body(app, error_class, status, body):
     (errors.FieldErrors({"username": ["This field is required."]}), 400, "code=400, message=payload is unknown"),
     (errors.MalformedBody("JSON parse error - x"), 400, "code=400, message=payload is unknown"),
     (errors.UnsupportedMediaType("text/plain"), 400, "code=400, message=payload is unknown"),
+    (errors.NotReady(["keycloak"]), 503, "code=503, message=keycloak unavailable"),
+    (errors.NotReady(["keycloak", "redis"]), 503, "code=503, message=keycloak, redis unavailable"),
 ])
-def test_drf_payload_errors_on_an_edm_path_are_payload_unknown(app, error, status, body):
+def test_errors_that_carry_their_details(app, error, status, body):
     @app.get("/raise")
     def raise_it():
         raise error

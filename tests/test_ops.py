@@ -1,15 +1,17 @@
 """Liveness and readiness."""
 
+import time
+
 import pytest
 import requests
 import responses
 
 from gateway import create_app
-from tests.conftest import ISSUER, MOCK_URL, free_port, live_config
+from tests.conftest import ISSUER, LIVE_URL, MOCK_URL, free_port, live_config
 
 WELL_KNOWN = f"{MOCK_URL}realms/edm/.well-known/openid-configuration"
 CERTS = f"{MOCK_URL}realms/edm/protocol/openid-connect/certs"
-NOT_READY = (503, "code=503, message=authentication service unavailable")
+NOT_READY = (503, "code=503, message=keycloak unavailable")
 
 
 def answer(response):
@@ -49,3 +51,19 @@ def test_readyz_with_keycloak_unreachable():
     client = create_app(live_config(KEYCLOAK_URL=f"http://127.0.0.1:{free_port()}/auth/")).test_client()
     assert answer(client.get("/readyz")) == NOT_READY
     assert answer(client.get("/healthz")) == (200, {"status": 200, "message": "ok"})
+
+
+def test_readyz_follows_keycloak_going_away_and_coming_back(kc, keycloak_relay):
+    """No restart of the gateway: the answer follows Keycloak within the few seconds it is kept."""
+    app = create_app(live_config(KEYCLOAK_URL=keycloak_relay.url, KEYCLOAK_PUBLIC_URL=LIVE_URL))
+    app.extensions["keycloak"].readiness_ttl = 0.2
+    client = app.test_client()
+    assert answer(client.get("/readyz")) == (200, {"status": 200, "message": "ready"})
+    keycloak_relay.stop()
+    assert answer(client.get("/readyz")) == (200, {"status": 200, "message": "ready"})  # kept a moment
+    time.sleep(0.25)
+    assert answer(client.get("/readyz")) == NOT_READY
+    assert answer(client.get("/healthz")) == (200, {"status": 200, "message": "ok"})
+    keycloak_relay.start()
+    time.sleep(0.25)
+    assert answer(client.get("/readyz")) == (200, {"status": 200, "message": "ready"})

@@ -1,0 +1,55 @@
+"""The Prometheus series of the gateway, summed over every worker process when gunicorn runs several.
+
+Under gunicorn, `gateway/gunicorn_conf.py` points PROMETHEUS_MULTIPROC_DIR at a directory wiped at each start,
+before anything imports prometheus_client (which decides at import whether it runs in multiprocess mode), and
+marks dead workers in `child_exit`; each scrape then reads every worker's files with a fresh registry. Without
+it (the Flask test client, `flask run`) the series live in this process.
+
+The `outcome` label is the error's `outcome` attribute (`gateway.errors`), or `success`: the audit log uses the
+same value, so the two never disagree.
+"""
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+SECONDS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+ATTEMPTS = Counter(
+    "edm_gateway_attempts_total",
+    "Requests to the documented API endpoints, by endpoint and outcome (success, wrong_password, ...).",
+    ["endpoint", "outcome"],
+)
+REQUEST_SECONDS = Histogram(
+    "edm_gateway_request_duration_seconds",
+    "Time from the request's arrival in Flask to its answer, by endpoint, method and status.",
+    ["endpoint", "method", "status"],
+    buckets=SECONDS,
+)
+UPSTREAM_SECONDS = Histogram(
+    "edm_gateway_upstream_duration_seconds",
+    "Time of each call to Keycloak, by operation (password grant, refresh grant, user look-up...) and result: ok, "
+    "refused (Keycloak answered with a refusal it documents, e.g. invalid_grant) or error (unreachable, timed out, "
+    "an unusable answer).",
+    ["operation", "result"],
+    buckets=SECONDS,
+)
+RATE_LIMITED = Counter(
+    "edm_gateway_rate_limited_total",
+    "Requests refused with 429 before they reached Keycloak, by endpoint.",
+    ["endpoint"],
+)
+KEY_FETCHES = Counter(
+    "edm_gateway_realm_key_fetches_total",
+    "Fetches of the realm's signing keys (JWKS), by result.",
+    ["result"],
+)
+
+
+def exposition(multiprocess_dir):
+    """The text of every series, with its content type; summed over the workers in multiprocess mode."""
+    if multiprocess_dir:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return generate_latest(registry), CONTENT_TYPE_LATEST

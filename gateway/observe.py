@@ -1,0 +1,91 @@
+"""What every request leaves behind: its id (`X-Request-ID`), one JSON log line, its metrics, and for each login,
+refresh and logout attempt one audit event.
+
+The error handlers (`gateway.errors`) record the outcome and Keycloak's real reason here; `gateway.keycloak` adds
+the time spent upstream; the response helpers name the user once a token says who it is.
+"""
+
+import logging
+import re
+import secrets
+import time
+
+from flask import g, has_request_context, request
+
+from gateway import metrics
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# endpoint -> audit event; every attempt at one of these leaves an audit line
+AUDITED = {"api.login": "login", "simplejwt.login": "login", "api.refresh": "refresh",
+           "simplejwt.refresh": "refresh", "api.logout": "logout"}
+# blueprints whose requests are attempts at the documented API (the operations endpoints are not)
+API_BLUEPRINTS = frozenset({"api", "simplejwt", "bff"})
+
+request_log = logging.getLogger("gateway.request")
+audit_log = logging.getLogger("gateway.audit")
+
+
+def register(app):
+    """Install the hooks; first of all, so that every later hook and handler finds the request id."""
+    app.before_request(start)
+    app.after_request(finish)
+
+
+def start():
+    """Give the request its id: the incoming `X-Request-ID` if it is a sane token, else a new one."""
+    if "request_id" in g:
+        return
+    incoming = request.headers.get("X-Request-ID", "")
+    g.request_id = incoming if REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16)
+    g.started = time.perf_counter()
+    g.upstream_seconds = 0.0
+
+
+def record_outcome(outcome, reason=None):
+    """The documented answer this request got (an error's `outcome`), and what really happened."""
+    g.outcome, g.reason = outcome, reason
+
+
+def identify(claims):
+    """The user a verified token names: for the audit event."""
+    g.username, g.user_id = claims.get("preferred_username"), claims.get("sub")
+
+
+def add_upstream_time(seconds):
+    """Time spent waiting for Keycloak during this request."""
+    if has_request_context() and "upstream_seconds" in g:
+        g.upstream_seconds += seconds
+
+
+def _username():
+    username = g.get("username")
+    if username is None:  # not logged in (yet): the name the request gave, once the payload was valid
+        username = (g.get("payload") or {}).get("username")
+    return username if isinstance(username, str) else None
+
+
+def finish(response):
+    """Stamp the request id on the answer, then log and count the request."""
+    start()  # a request refused before the hooks ran still gets an id
+    elapsed = time.perf_counter() - g.started
+    status = response.status_code
+    endpoint = request.endpoint or "none"
+    outcome = g.get("outcome") or ("success" if status < 400 else f"http_{status}")
+    response.headers["X-Request-ID"] = g.request_id
+
+    metrics.REQUEST_SECONDS.labels(endpoint, request.method, str(status)).observe(elapsed)
+    if request.blueprint in API_BLUEPRINTS:
+        metrics.ATTEMPTS.labels(endpoint, outcome).inc()
+    if outcome == "rate_limited":
+        metrics.RATE_LIMITED.labels(endpoint).inc()
+
+    client = request.remote_addr
+    request_log.info("request", extra={"method": request.method, "path": request.path, "status": status,
+                                       "duration_ms": round(elapsed * 1000, 2), "client": client})
+    event = AUDITED.get(endpoint)
+    if event is not None:
+        audit_log.info("audit", extra={
+            "event": event, "endpoint": endpoint, "username": _username(), "user_id": g.get("user_id"),
+            "client": client, "outcome": outcome, "reason": g.get("reason"),
+            "upstream_ms": round(g.upstream_seconds * 1000, 2)})
+    return response

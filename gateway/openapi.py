@@ -1,0 +1,249 @@
+"""The OpenAPI 3.1 document of every endpoint of every profile (`GET /openapi.json`).
+
+Generated with apispec and its marshmallow plugin from the schemas the gateway validates requests with
+(`gateway.schemas`), the answer schemas below, and the error classes (`gateway.errors`): each documented status
+with its body and headers. An EDM error is a JSON string, documented as a `string` with the `enum` of the exact
+bodies that status can carry. The tests hold real answers, against the real Keycloak, to this document.
+"""
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from marshmallow import Schema, fields, validate
+
+from gateway import errors as e
+from gateway.schemas import (
+    DrfCharField,
+    LoginSchema,
+    RefreshTokenSchema,
+    TokenObtainSchema,
+    TokenRefreshSchema,
+    TokenVerifySchema,
+)
+
+VERSION = "0.2.0"
+BODY_TYPES = ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
+
+
+class TokenBody(Schema):
+    """The EDM token body, keys in this order."""
+
+    status = fields.Integer(required=True, validate=validate.Equal(200))
+    message = fields.String(required=True, metadata={"description": "the user id (the access token's `sub`)"})
+    accessToken = fields.String(required=True, metadata={"description": "an RS256 JWT of the realm"})
+    refreshToken = fields.String(required=True)
+    expiresIn = fields.Integer(required=True, metadata={"description": "seconds the access token lives"})
+
+
+class MessageBody(Schema):
+    status = fields.Integer(required=True, validate=validate.Equal(200))
+    message = fields.String(required=True)
+
+
+class User(Schema):
+    id = fields.String(required=True)
+    username = fields.String(required=True, allow_none=True)
+    email = fields.String(required=True, allow_none=True)
+    emailVerified = fields.Boolean(required=True, allow_none=True)
+    firstName = fields.String(required=True, allow_none=True)
+    lastName = fields.String(required=True, allow_none=True)
+    roles = fields.List(fields.String(), required=True, metadata={"description": "realm roles, sorted"})
+
+
+class MeBody(Schema):
+    status = fields.Integer(required=True, validate=validate.Equal(200))
+    message = fields.String(required=True, metadata={"description": "the user id"})
+    user = fields.Nested(User, required=True)
+
+
+class DrfLoginPair(Schema):
+    refresh = fields.String(required=True)
+    access = fields.String(required=True)
+
+
+class DrfRefreshPair(Schema):
+    access = fields.String(required=True)
+    refresh = fields.String(required=True)
+
+
+class DrfVerified(Schema):
+    """SimpleJWT's `{}`."""
+
+
+class DrfDetail(Schema):
+    detail = fields.String(required=True)
+
+
+class DrfTokenError(Schema):
+    detail = fields.String(required=True, validate=validate.OneOf(
+        ["Token is invalid", "Token is expired", "Token has wrong type"]))
+    code = fields.String(required=True, validate=validate.Equal("token_not_valid"))
+
+
+DRF_FIELD_ERRORS = {
+    "type": "object",
+    "description": "DRF's field errors: every failing field (or `non_field_errors`) with its messages",
+    "additionalProperties": {"type": "array", "items": {"type": "string"}},
+}
+
+HEADERS = {
+    "X-Request-ID": {"description": "the request's id: the incoming one if sane, else a new one", "required": True,
+                     "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"}},
+    "Cache-Control": {"description": "token bodies are never cached", "required": True,
+                      "schema": {"type": "string", "enum": ["no-store"]}},
+    "WWW-Authenticate": {"description": "the RFC 6750 (EDM) or SimpleJWT challenge", "required": True,
+                         "schema": {"type": "string"}},
+    "Allow": {"description": "the methods the path allows", "required": True, "schema": {"type": "string"}},
+}
+
+
+def _headers(*names):
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in ("X-Request-ID", *names)}
+
+
+def _edm(*answers):
+    """An EDM error answer: one of `answers` (error classes, or (code, message) pairs) as its JSON string."""
+    bodies = sorted({e.edm_body(*(a if isinstance(a, tuple) else (a.code, a.message))) for a in answers})
+    return {"type": "string", "enum": bodies}
+
+
+def _answer(description, schema, *headers, media_type="application/json"):
+    if isinstance(schema, str):
+        schema = {"$ref": f"#/components/schemas/{schema}"}
+    return {"description": description, "headers": _headers(*headers), "content": {media_type: {"schema": schema}}}
+
+
+def _edm_failures(*, upstream=True, body=True, refused=None, status_400=None):
+    """The EDM failures an endpoint shares with the others; `refused`: {status: error classes} of its own."""
+    answers = {
+        "405": _answer("wrong method", _edm((405, "method not allowed")), "Allow"),
+        "500": _answer("unexpected failure (logged, never shown)", _edm(e.GatewayError)),
+    }
+    if body:
+        answers["413"] = _answer("body over GATEWAY_MAX_BODY_BYTES", _edm((413, "payload too large")))
+    if upstream:
+        answers["502"] = _answer("Keycloak answered something unusable", _edm(e.UpstreamBadResponse))
+        answers["503"] = _answer("Keycloak cannot be reached", _edm(e.UpstreamUnavailable))
+        answers["504"] = _answer("Keycloak (or another login of the same username) took too long",
+                                 _edm(e.UpstreamTimeout, e.LoginQueueTimeout))
+    for status, classes in (refused or {}).items():
+        headers = ("WWW-Authenticate",) if status == 401 and any(c.headers for c in classes) else ()
+        answers[str(status)] = _answer("refused", _edm(*classes), *headers)
+    return answers
+
+
+def _drf_failures(unauthorized):
+    """The SimpleJWT profile's failures: DRF's shapes."""
+    return {
+        "400": _answer("field errors, or a body that does not parse",
+                       {"oneOf": [{"$ref": "#/components/schemas/DrfFieldErrors"},
+                                  {"$ref": "#/components/schemas/DrfDetail"}]}),
+        "401": _answer("refused", unauthorized, "WWW-Authenticate"),
+        "405": _answer("wrong method", "DrfDetail", "Allow"),
+        "413": _answer("body over GATEWAY_MAX_BODY_BYTES", "DrfDetail"),
+        "415": _answer("a media type other than JSON, urlencoded or multipart", "DrfDetail"),
+        "500": _answer("unexpected failure", "DrfDetail"),
+        "502": _answer("Keycloak answered something unusable", "DrfDetail"),
+        "503": _answer("Keycloak cannot be reached", "DrfDetail"),
+        "504": _answer("Keycloak took too long", "DrfDetail"),
+    }
+
+
+def _body(schema_name):
+    return {"required": True, "content": {t: {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}
+                                          for t in BODY_TYPES}}
+
+
+def _operations(simplejwt_profile):
+    """(path, method, operation) of every endpoint the app serves with these settings."""
+    account_state = [e.PayloadUnknown, e.UsernameNotFound, e.WrongPassword, e.AccountLocked, e.AccountDisabled,
+                     e.AccountNotSetUp, e.InvalidCredentials]
+    yield "/api/login", "post", {
+        "tags": ["EDM"], "summary": "Log in with username and password (Keycloak's password grant)",
+        "requestBody": _body("Login"),
+        "responses": {"200": _answer("logged in", "TokenBody", "Cache-Control"),
+                      **_edm_failures(refused={400: account_state})},
+    }
+    yield "/api/refresh", "post", {
+        "tags": ["EDM"], "summary": "New tokens for a refresh token (Keycloak rotates the refresh token)",
+        "requestBody": _body("RefreshToken"),
+        "responses": {"200": _answer("refreshed", "TokenBody", "Cache-Control"),
+                      **_edm_failures(refused={400: [e.PayloadUnknown], 401: [e.InvalidRefreshToken],
+                                               403: [e.AccountDisabled]})},
+    }
+    yield "/api/logout", "post", {
+        "tags": ["EDM"], "summary": "End the Keycloak session of a refresh token (idempotent)",
+        "requestBody": _body("RefreshToken"),
+        "responses": {"200": _answer("logged out (also when already)", "MessageBody"),
+                      **_edm_failures(refused={400: [e.PayloadUnknown], 401: [e.InvalidRefreshToken]})},
+    }
+    yield "/api/me", "get", {
+        "tags": ["EDM"], "summary": "Who the access token belongs to, checked locally",
+        "security": [{"bearer": []}],
+        "responses": {"200": _answer("the token's user", "MeBody", "Cache-Control"),
+                      **_edm_failures(body=False, refused={401: [e.MissingAccessToken, e.InvalidAccessToken]})},
+    }
+    if simplejwt_profile:
+        yield "/users/login/", "post", {
+            "tags": ["SimpleJWT"], "summary": "SimpleJWT's token pair for username and password",
+            "requestBody": _body("TokenObtain"),
+            "responses": {"200": _answer("logged in", "DrfLoginPair", "Cache-Control"),
+                          **_drf_failures("DrfDetail")},
+        }
+        yield "/users/refresh/", "post", {
+            "tags": ["SimpleJWT"], "summary": "A new access token and the rotated refresh token",
+            "requestBody": _body("TokenRefresh"),
+            "responses": {"200": _answer("refreshed", "DrfRefreshPair", "Cache-Control"),
+                          **_drf_failures({"oneOf": [{"$ref": "#/components/schemas/DrfTokenError"},
+                                                     {"$ref": "#/components/schemas/DrfDetail"}]})},
+        }
+        yield "/users/verify/", "post", {
+            "tags": ["SimpleJWT"], "summary": "Whether a token of this client (access or refresh) is valid",
+            "requestBody": _body("TokenVerify"),
+            "responses": {"200": _answer("valid", "DrfVerified", "Cache-Control"),
+                          **_drf_failures("DrfTokenError")},
+        }
+    yield "/healthz", "get", {
+        "tags": ["Operations"], "summary": "Liveness: 200 while the process serves",
+        "responses": {"200": _answer("serving", "MessageBody"), **_edm_failures(upstream=False, body=False)},
+    }
+    yield "/readyz", "get", {
+        "tags": ["Operations"], "summary": "Readiness: Keycloak's realm metadata and keys reachable (kept 5 s)",
+        "responses": {"200": _answer("ready", "MessageBody"),
+                      "503": _answer("not ready; the message names what failed", _edm((503, "keycloak unavailable"))),
+                      **_edm_failures(upstream=False, body=False)},
+    }
+    yield "/metrics", "get", {
+        "tags": ["Operations"], "summary": "Prometheus text, summed over the worker processes",
+        "responses": {"200": _answer("the series", {"type": "string"}, media_type="text/plain"),
+                      **_edm_failures(upstream=False, body=False)},
+    }
+    yield "/openapi.json", "get", {
+        "tags": ["Operations"], "summary": "This document",
+        "responses": {"200": _answer("the document", {"type": "object"}),
+                      **_edm_failures(upstream=False, body=False)},
+    }
+
+
+def build_document(settings):
+    """The document for an app with these settings (only the profiles it serves), as a dict."""
+    plugin = MarshmallowPlugin()
+    spec = APISpec(
+        title="EDM auth gateway", version=VERSION, openapi_version="3.1.0", plugins=[plugin],
+        info={"description": "A Backend-for-Frontend in front of the Keycloak realm `edm`. Every EDM error is a "
+                             "JSON string such as `\"code=404, message=username not found\"`; on POST /api/login "
+                             "every failure caused by the request answers HTTP 400 with the meaning in `code`."},
+    )
+    plugin.converter.map_to_openapi_type(DrfCharField, ["string", "number"], None)  # DRF takes numbers as text
+    for name, schema in (("Login", LoginSchema), ("RefreshToken", RefreshTokenSchema), ("TokenBody", TokenBody),
+                         ("MessageBody", MessageBody), ("MeBody", MeBody), ("TokenObtain", TokenObtainSchema),
+                         ("TokenRefresh", TokenRefreshSchema), ("TokenVerify", TokenVerifySchema),
+                         ("DrfLoginPair", DrfLoginPair), ("DrfRefreshPair", DrfRefreshPair),
+                         ("DrfVerified", DrfVerified), ("DrfDetail", DrfDetail), ("DrfTokenError", DrfTokenError)):
+        spec.components.schema(name, schema=schema)
+    spec.components.schema("DrfFieldErrors", DRF_FIELD_ERRORS)
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    for name, header in HEADERS.items():
+        spec.components.header(name, header)
+    for path, method, operation in _operations(settings.simplejwt_profile):
+        spec.path(path=path, operations={method: operation})
+    return spec.to_dict()

@@ -1,0 +1,49 @@
+"""The OpenAPI 3.1 document: valid, served without a network call, covering what the app serves."""
+
+import responses
+from openapi_spec_validator import validate
+from openapi_spec_validator.validation import OpenAPIV31SpecValidator
+
+from gateway import create_app
+from tests.conftest import mock_config
+
+
+def test_the_document_is_valid_openapi_3_1(client):
+    with responses.RequestsMock() as upstream:
+        answer = client.get("/openapi.json")
+        assert len(upstream.calls) == 0  # no network call
+    assert answer.status_code == 200 and answer.content_type == "application/json"
+    document = answer.json
+    assert document["openapi"] == "3.1.0"
+    validate(document, cls=OpenAPIV31SpecValidator)
+
+
+def test_every_endpoint_of_both_profiles_is_documented(client):
+    paths = {path: sorted(item) for path, item in client.get("/openapi.json").json["paths"].items()}
+    assert paths == {"/api/login": ["post"], "/api/refresh": ["post"], "/api/logout": ["post"], "/api/me": ["get"],
+                     "/users/login/": ["post"], "/users/refresh/": ["post"], "/users/verify/": ["post"],
+                     "/healthz": ["get"], "/readyz": ["get"], "/metrics": ["get"], "/openapi.json": ["get"]}
+
+
+def test_a_profile_switched_off_is_not_documented():
+    client = create_app(mock_config(GATEWAY_SIMPLEJWT_PROFILE="false")).test_client()
+    assert not [p for p in client.get("/openapi.json").json["paths"] if p.startswith("/users/")]
+
+
+def test_edm_errors_are_strings_with_the_exact_bodies(client):
+    login = client.get("/openapi.json").json["paths"]["/api/login"]["post"]["responses"]
+    assert login["400"]["content"]["application/json"]["schema"] == {"type": "string", "enum": [
+        "code=400, message=invalid username or password", "code=400, message=payload is unknown",
+        "code=400, message=wrong password", "code=403, message=account disabled",
+        "code=403, message=account is not fully set up", "code=403, message=account temporarily locked",
+        "code=404, message=username not found"]}
+    assert login["504"]["content"]["application/json"]["schema"] == {
+        "type": "string", "enum": ["code=504, message=authentication service timed out"]}
+    assert sorted(login["200"]["headers"]) == ["Cache-Control", "X-Request-ID"]
+
+
+def test_the_username_rule_is_written_in_json_schemas_regex(client):
+    login = client.get("/openapi.json").json["components"]["schemas"]["Login"]
+    assert login["properties"]["username"] == {"type": "string", "minLength": 3, "maxLength": 255,
+                                               "pattern": "^[A-Za-z0-9]+$"}
+    assert login["required"] == ["password", "username"]
