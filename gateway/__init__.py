@@ -2,6 +2,7 @@
 
 from flask import Flask
 
+from gateway.browser import register_browser_headers
 from gateway.config import load_settings
 from gateway.errors import register_error_handlers
 from gateway.keycloak import Keycloak
@@ -17,6 +18,7 @@ def create_app(test_config=None):
     app.extensions["keycloak"] = Keycloak(settings)
 
     register_error_handlers(app)
+    register_browser_headers(app)
 
     from gateway import api, ops, simplejwt
 

@@ -4,6 +4,7 @@ Every variable the gateway reads is in ``VARIABLES``; the README's table lists t
 """
 
 import os
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -51,6 +52,35 @@ def _bytes(name, value):
     return int(value)
 
 
+_HOST = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*|\[[0-9a-f:.]+\]")
+
+
+def _origin(name, item):
+    if "*" in item:
+        raise ConfigError(f"{name} must list exact origins; the wildcard in {item!r} is refused")
+    refused = ConfigError(f"{name}: {item!r} is not an origin; write scheme://host[:port] with an ASCII "
+                          "(punycode) host and no path, e.g. https://portal.example.org")
+    try:
+        parts = urlsplit(item)
+        port = parts.port
+    except ValueError:  # a broken IPv6 literal or port number
+        raise refused from None
+    host = parts.netloc.lower()
+    if port is not None or host.endswith(":"):
+        host = host.rsplit(":", 1)[0]  # the port goes back on below, unless it is the scheme's default
+    if (parts.scheme not in ("http", "https") or not _HOST.fullmatch(host) or port == 0
+            or parts.path not in ("", "/") or "?" in item or "#" in item):
+        raise refused
+    default_port = {"http": 80, "https": 443}[parts.scheme]
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default_port) else "")
+
+
+def _origins(name, value):
+    """Exact browser origins written as browsers send them in `Origin` (lower-case, no default port, no
+    trailing slash); a wildcard or `null` would hand the gateway's answers to any page, so they are refused."""
+    return tuple(dict.fromkeys(_origin(name, item.strip()) for item in value.split(",") if item.strip()))
+
+
 # variable: (settings field, parser, default; None means required)
 VARIABLES = {
     "KEYCLOAK_URL": ("keycloak_url", _url, "http://localhost:8180/auth/"),
@@ -61,6 +91,7 @@ VARIABLES = {
     "KEYCLOAK_TIMEOUT": ("timeout", _seconds, "5"),
     "GATEWAY_MAX_BODY_BYTES": ("max_body_bytes", _bytes, "16384"),
     "GATEWAY_SIMPLEJWT_PROFILE": ("simplejwt_profile", _flag, "true"),
+    "GATEWAY_CORS_ORIGINS": ("cors_origins", _origins, ""),
 }
 
 
@@ -76,6 +107,7 @@ class Settings:
     timeout: float
     max_body_bytes: int
     simplejwt_profile: bool
+    cors_origins: tuple = ()
 
     @property
     def issuer(self):
