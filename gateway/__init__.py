@@ -10,7 +10,7 @@ from gateway.keycloak import Keycloak
 
 def create_app(test_config=None):
     """Build the app: defaults, then the environment, then `test_config` (keyed by variable name)."""
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # gateway/static/ is the tester page's, served only with it
     settings = load_settings(overrides=test_config)
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -20,10 +20,12 @@ def create_app(test_config=None):
     register_error_handlers(app)
     register_browser_headers(app)
 
-    from gateway import api, ops, simplejwt
+    from gateway import api, ops, simplejwt, tester
 
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
     if settings.simplejwt_profile:
         app.register_blueprint(simplejwt.bp)
+    if settings.tester_page:
+        app.register_blueprint(tester.bp)
     return app

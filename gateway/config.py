@@ -92,6 +92,7 @@ VARIABLES = {
     "GATEWAY_MAX_BODY_BYTES": ("max_body_bytes", _bytes, "16384"),
     "GATEWAY_SIMPLEJWT_PROFILE": ("simplejwt_profile", _flag, "true"),
     "GATEWAY_CORS_ORIGINS": ("cors_origins", _origins, ""),
+    "GATEWAY_TESTER_PAGE": ("tester_page", _flag, "true"),
 }
 
 
@@ -107,6 +108,7 @@ class Settings:
     timeout: float
     max_body_bytes: int
     simplejwt_profile: bool
+    tester_page: bool
     cors_origins: tuple = ()
 
     @property

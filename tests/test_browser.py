@@ -1,8 +1,9 @@
 """The browser side in-process: `GATEWAY_CORS_ORIGINS` parsed and checked at start, CORS headers on every answer
-for the allowed origins only, preflights, and the hardening headers."""
+for the allowed origins only, preflights, the hardening headers, and the tester page's files and switch."""
 
 import subprocess
 import sys
+from html.parser import HTMLParser
 
 import pytest
 from werkzeug.exceptions import TooManyRequests
@@ -11,11 +12,13 @@ from gateway import create_app
 from gateway.config import ConfigError, load_settings
 from gateway.errors import UpstreamUnavailable
 from tests.browser import hermetic
+from tests.compose_env import gateway_environment
 from tests.conftest import ROOT, mock_config
 
 PORTAL = "https://portal.example.org"
 OTHER = "https://elsewhere.example.net"
 ALLOW_HEADERS = {"Content-Type", "Authorization", "X-Request-ID", "X-CSRF"}
+STATIC = ROOT / "gateway" / "static"
 
 
 def make_app(**overrides):
@@ -93,6 +96,8 @@ def test_a_bad_origin_stops_the_start_naming_the_variable(value, message):
 @pytest.mark.parametrize("variable, value, message", [
     ("GATEWAY_CORS_ORIGINS", "*", "configuration error: GATEWAY_CORS_ORIGINS must list exact origins; "
                                   "the wildcard in '*' is refused"),
+    ("GATEWAY_TESTER_PAGE", "sometimes", "configuration error: GATEWAY_TESTER_PAGE must be true or false, "
+                                         "got 'sometimes'"),
 ])
 def test_gunicorn_refuses_to_start_naming_the_variable(variable, value, message):
     gunicorn = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "gateway:create_app()"]
@@ -212,6 +217,116 @@ def test_nothing_is_allowed_by_default(plain_client):
     assert preflight(plain_client, "/api/login", PORTAL).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/nowhere", "/users/nowhere/"])
+@pytest.mark.parametrize("path", ["/", "/static/tester.js", "/static/tester.css", "/healthz", "/nowhere",
+                                  "/users/nowhere/"])
 def test_nosniff_on_every_answer(plain_client, path):
     assert plain_client.get(path).headers["X-Content-Type-Options"] == "nosniff"
+
+
+def policy_directives(policy):
+    return {name: values for name, *values in (part.split() for part in policy.split(";") if part.strip())}
+
+
+def test_the_tester_page_and_its_headers(plain_client):
+    response = plain_client.get("/")
+    assert (response.status_code, response.mimetype) == (200, "text/html")
+    assert policy_directives(response.headers["Content-Security-Policy"]) == {
+        "default-src": ["'none'"], "script-src": ["'self'"], "style-src": ["'self'"], "connect-src": ["'self'"],
+        "img-src": ["'self'"], "base-uri": ["'none'"], "form-action": ["'self'"], "frame-ancestors": ["'none'"],
+        "object-src": ["'none'"], "require-trusted-types-for": ["'script'"], "trusted-types": ["'none'"],
+    }
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize("path, mimetypes", [
+    ("/", {"text/html"}),
+    ("/static/tester.js", {"text/javascript", "application/javascript"}),  # which one depends on the system's table
+    ("/static/tester.css", {"text/css"}),
+])
+def test_the_page_files_are_revalidated_not_stored_stale(plain_client, path, mimetypes):
+    first = plain_client.get(path)
+    assert first.status_code == 200 and first.mimetype in mimetypes
+    assert first.headers["Cache-Control"] == "no-cache" and first.headers["ETag"]
+    again = plain_client.get(path, headers={"If-None-Match": first.headers["ETag"]})
+    assert (again.status_code, again.data) == (304, b"")
+    assert again.headers["X-Content-Type-Options"] == "nosniff"
+
+
+class PageParts(HTMLParser):
+    """What the page's HTML holds: its elements with their attributes, and the text of each label."""
+
+    def __init__(self):
+        super().__init__()
+        self.elements, self.labels, self.buttons, self.inline_scripts = [], {}, [], []
+        self._open = None
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append((tag, dict(attrs)))
+        self._open = (tag, dict(attrs))
+
+    def handle_data(self, data):
+        tag, attrs = self._open or (None, {})
+        if tag == "label":
+            self.labels[data.strip()] = attrs.get("for")
+        elif tag == "button" and data.strip():
+            self.buttons.append(data.strip())
+        elif tag == "script" and data.strip():
+            self.inline_scripts.append(data)
+
+    def handle_endtag(self, tag):
+        self._open = None
+
+
+@pytest.fixture(scope="module")
+def page_parts():
+    parts = PageParts()
+    parts.feed((STATIC / "tester.html").read_text())
+    return parts
+
+
+def test_the_page_has_no_inline_script_or_style_and_loads_only_its_own_files(page_parts):
+    assert page_parts.inline_scripts == []
+    scripts = [attrs for tag, attrs in page_parts.elements if tag == "script"]
+    assert scripts == [{"type": "module", "src": "/static/tester.js"}]
+    sheets = [attrs["href"] for tag, attrs in page_parts.elements if tag == "link" and attrs.get("rel") == "stylesheet"]
+    assert sheets == ["/static/tester.css"]
+    assert [tag for tag, _ in page_parts.elements if tag in ("style", "iframe", "object", "embed", "base")] == []
+    for tag, attrs in page_parts.elements:
+        assert "style" not in attrs and not any(name.startswith("on") for name in attrs), (tag, attrs)
+    assert sorted(path.name for path in STATIC.iterdir()) == ["tester.css", "tester.html", "tester.js"]
+
+
+def test_the_form_is_labelled_and_the_bff_place_is_hidden(page_parts):
+    ids = {attrs.get("id"): (tag, attrs) for tag, attrs in page_parts.elements}
+    assert ids[page_parts.labels["Username"]][1]["autocomplete"] == "username"
+    assert ids[page_parts.labels["Password"]][1]["type"] == "password"
+    assert page_parts.buttons == ["Log in", "Refresh", "Who am I", "Log out"]
+    assert "hidden" in ids["bff-login"][1]
+    assert ids["login-form"][1] == {"id": "login-form", "method": "post", "action": "/api/login"}
+
+
+def test_the_script_keeps_tokens_in_memory_and_writes_no_markup():
+    script = (STATIC / "tester.js").read_text()
+    for forbidden in ("localStorage.", "sessionStorage.", "document.cookie", "indexedDB", "innerHTML", "outerHTML",
+                      "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert forbidden not in script, forbidden
+
+
+def test_the_tester_page_can_be_switched_off():
+    client = make_app(GATEWAY_TESTER_PAGE="false").test_client()
+    for path in ("/", "/static/tester.js", "/static/tester.css", "/static/tester.html"):
+        response = client.get(path)
+        assert (response.status_code, response.json) == (404, "code=404, message=not found"), path
+        assert "Content-Security-Policy" not in response.headers
+    assert client.get("/healthz").status_code == 200
+
+
+def test_the_compose_stack_serves_the_page_at_the_same_url():
+    environment = gateway_environment()
+    assert environment.get("GATEWAY_TESTER_PAGE", "true") == "true"
+    client = create_app(hermetic(**environment)).test_client()
+    response = client.get("/")
+    assert (response.status_code, response.mimetype) == (200, "text/html")
+    assert b"<label for=\"username\">Username</label>" in response.data
