@@ -23,6 +23,8 @@ ISSUER = "http://localhost:8180/auth/realms/edm"
 TOKEN_URL = f"{LIVE_URL}realms/edm/protocol/openid-connect/token"
 KEYCLOAK_VERSION = (ROOT / "keycloak" / "VERSION").read_text().strip()
 
+pytest_plugins = ["tests.browser"]  # Chromium, the portal's static site, the gateway under gunicorn
+
 
 def mock_config(**overrides):
     """Settings for an app whose Keycloak is mocked with `responses` at MOCK_URL."""
