@@ -9,14 +9,15 @@ def create_app(test_config=None):
     """Build the app: defaults, then the environment, then `test_config` (keyed by variable name)."""
     from flask import Flask
 
-    from gateway import api, observe, ops, simplejwt
+    from gateway import api, observe, ops, simplejwt, tester
+    from gateway.browser import register_browser_headers
     from gateway.config import load_settings
     from gateway.errors import register_error_handlers
     from gateway.keycloak import Keycloak
     from gateway.logs import configure_logging, register_secret
 
     configure_logging()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # gateway/static/ is the tester page's, served only with it
     settings = load_settings(overrides=test_config)
     register_secret(settings.client_secret)
     app.config["SETTINGS"] = settings
@@ -26,8 +27,11 @@ def create_app(test_config=None):
 
     observe.register(app)  # first: every later hook and handler finds the request id
     register_error_handlers(app)
+    register_browser_headers(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
     if settings.simplejwt_profile:
         app.register_blueprint(simplejwt.bp)
+    if settings.tester_page:
+        app.register_blueprint(tester.bp)
     return app

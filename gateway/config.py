@@ -90,6 +90,35 @@ def _as_is(name, value):
     return value
 
 
+_HOST = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*|\[[0-9a-f:.]+\]")
+
+
+def _origin(name, item):
+    if "*" in item:
+        raise ConfigError(f"{name} must list exact origins; the wildcard in {item!r} is refused")
+    refused = ConfigError(f"{name}: {item!r} is not an origin; write scheme://host[:port] with an ASCII "
+                          "(punycode) host and no path, e.g. https://portal.example.org")
+    try:
+        parts = urlsplit(item)
+        port = parts.port
+    except ValueError:  # a broken IPv6 literal or port number
+        raise refused from None
+    host = parts.netloc.lower()
+    if port is not None or host.endswith(":"):
+        host = host.rsplit(":", 1)[0]  # the port goes back on below, unless it is the scheme's default
+    if (parts.scheme not in ("http", "https") or not _HOST.fullmatch(host) or port == 0
+            or parts.path not in ("", "/") or "?" in item or "#" in item):
+        raise refused
+    default_port = {"http": 80, "https": 443}[parts.scheme]
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default_port) else "")
+
+
+def _origins(name, value):
+    """Exact browser origins written as browsers send them in `Origin` (lower-case, no default port, no
+    trailing slash); a wildcard or `null` would hand the gateway's answers to any page, so they are refused."""
+    return tuple(dict.fromkeys(_origin(name, item.strip()) for item in value.split(",") if item.strip()))
+
+
 # variable: (settings field, parser, default; None means required, "" means unset unless given).
 VARIABLES = {
     "KEYCLOAK_URL": ("keycloak_url", _url, "http://localhost:8180/auth/"),
@@ -100,6 +129,8 @@ VARIABLES = {
     "KEYCLOAK_TIMEOUT": ("timeout", _seconds, "5"),
     "GATEWAY_MAX_BODY_BYTES": ("max_body_bytes", lambda n, v: whole_number(n, v, 1024, 16 * 2**20), "16384"),
     "GATEWAY_SIMPLEJWT_PROFILE": ("simplejwt_profile", _flag, "true"),
+    "GATEWAY_CORS_ORIGINS": ("cors_origins", _origins, ""),
+    "GATEWAY_TESTER_PAGE": ("tester_page", _flag, "true"),
     "GATEWAY_KEYS_MAX_AGE": ("keys_max_age", lambda n, v: _seconds(n, v, 0, 86400), "300"),
     # gunicorn's (read by gateway/gunicorn_conf.py)
     "GATEWAY_BIND": ("bind", _bind, "127.0.0.1:8000"),
@@ -131,6 +162,8 @@ class Settings:
     timeout: float = 5.0
     max_body_bytes: int = 16384
     simplejwt_profile: bool = True
+    tester_page: bool = True
+    cors_origins: tuple = ()
     keys_max_age: float = 300.0
     bind: str = "127.0.0.1:8000"
     workers: int = 2

@@ -153,7 +153,7 @@ def _body(schema_name):
                                           for t in BODY_TYPES}}
 
 
-def _operations(simplejwt_profile):
+def _operations(settings):
     """(path, method, operation) of every endpoint the app serves with these settings."""
     account_state = [e.PayloadUnknown, e.UsernameNotFound, e.WrongPassword, e.AccountLocked, e.AccountDisabled,
                      e.AccountNotSetUp, e.InvalidCredentials]
@@ -182,7 +182,7 @@ def _operations(simplejwt_profile):
         "responses": {"200": _answer("the token's user", "MeBody", "Cache-Control"),
                       **_edm_failures(body=False, refused={401: [e.MissingAccessToken, e.InvalidAccessToken]})},
     }
-    if simplejwt_profile:
+    if settings.simplejwt_profile:
         yield "/users/login/", "post", {
             "tags": ["SimpleJWT"], "summary": "SimpleJWT's token pair for username and password",
             "requestBody": _body("TokenObtain"),
@@ -201,6 +201,22 @@ def _operations(simplejwt_profile):
             "requestBody": _body("TokenVerify"),
             "responses": {"200": _answer("valid", "DrfVerified", "Cache-Control"),
                           **_drf_failures("DrfTokenError")},
+        }
+    if settings.tester_page:
+        not_found = _answer("no such file", _edm((404, "not found")))
+        yield "/", "get", {
+            "tags": ["Tester page"], "summary": "The tester page (GATEWAY_TESTER_PAGE)",
+            "responses": {"200": _answer("the page", {"type": "string"}, media_type="text/html"),
+                          **_edm_failures(upstream=False, body=False)},
+        }
+        yield "/static/{file}", "get", {
+            "tags": ["Tester page"], "summary": "The tester page's stylesheet and script",
+            "parameters": [{"name": "file", "in": "path", "required": True,
+                            "schema": {"type": "string", "enum": ["tester.css", "tester.js"]}}],
+            "responses": {"200": {"description": "the file", "headers": _headers(), "content": {
+                              "text/css": {"schema": {"type": "string"}},
+                              "text/javascript": {"schema": {"type": "string"}}}},
+                          "404": not_found, **_edm_failures(upstream=False, body=False)},
         }
     yield "/healthz", "get", {
         "tags": ["Operations"], "summary": "Liveness: 200 while the process serves",
@@ -244,6 +260,6 @@ def build_document(settings):
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     for name, header in HEADERS.items():
         spec.components.header(name, header)
-    for path, method, operation in _operations(settings.simplejwt_profile):
+    for path, method, operation in _operations(settings):
         spec.path(path=path, operations={method: operation})
     return spec.to_dict()

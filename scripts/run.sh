@@ -22,10 +22,19 @@ export KEYCLOAK_URL=${KEYCLOAK_URL:-http://localhost:8180/auth/}
 export KEYCLOAK_CLIENT_SECRET=${KEYCLOAK_CLIENT_SECRET:-edmportal-dev-secret}
 export GATEWAY_BIND=${GATEWAY_BIND:-127.0.0.1:8000}
 
+# The tester page is on unless GATEWAY_TESTER_PAGE says otherwise (gateway/config.py reads the same words).
+tester_page="Tester page: open http://$GATEWAY_BIND/ in a browser to log in, refresh, ask who you are, log out.
+
+"
+case "$(printf '%s' "${GATEWAY_TESTER_PAGE:-}" | tr '[:upper:]' '[:lower:]' | tr -d '[:space:]')" in
+  0|false|no|off) tester_page= ;;
+esac
+
 cat <<TXT
 
 EDM auth gateway on http://$GATEWAY_BIND (Keycloak $(scripts/keycloak.sh version) on http://localhost:8180/auth)
-Log in as the seed's user:
+
+${tester_page}Log in as the seed's user with curl:
 
   curl -s -X POST http://$GATEWAY_BIND/api/login -H 'Content-Type: application/json' \\
        -d '{"username":"ahmadakbar","password":"password"}'

@@ -29,6 +29,8 @@ ISSUER = "http://localhost:8180/auth/realms/edm"
 TOKEN_URL = f"{LIVE_URL}realms/edm/protocol/openid-connect/token"
 KEYCLOAK_VERSION = (ROOT / "keycloak" / "VERSION").read_text().strip()
 
+pytest_plugins = ["tests.browser"]  # Chromium, the portal's static site, the gateway under gunicorn
+
 
 def mock_config(**overrides):
     """Settings for an app whose Keycloak is mocked with `responses` at MOCK_URL."""
@@ -342,9 +344,9 @@ class Gunicorn:
             if self.process.poll() is not None:
                 raise AssertionError(f"gunicorn exited: {self.process.stdout.read()}")
             try:
-                requests.get(self.url + "/", timeout=1)
+                requests.get(self.url + "/healthz", timeout=2)
                 return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or a worker still booting
                 time.sleep(0.1)
         raise AssertionError("gunicorn did not start in time")
 

@@ -19,9 +19,8 @@ def checked():
 
 @pytest.fixture
 def call(live_client, checked):
-    def call_(method, path, client=None, **kwargs):
-        return checked.check(path.split("?")[0] if not path.startswith("/users/") else path, method,
-                             (client or live_client).open(path, method=method, **kwargs))
+    def call_(method, path, client=None, path_template=None, **kwargs):
+        return checked.check(path_template or path, method, (client or live_client).open(path, method=method, **kwargs))
     return call_
 
 
@@ -109,8 +108,18 @@ def test_operations_answers(call, kc):
     assert call("GET", "/readyz").status_code == 200
     assert call("GET", "/metrics").status_code == 200
     assert call("GET", "/openapi.json").status_code == 200
-    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/"):
         assert call("POST", path).status_code == 405
+    assert call("GET", "/").content_type == "text/html; charset=utf-8"
+    for name in ("tester.css", "tester.js"):
+        assert checked_static(call, name).status_code == 200
+    assert checked_static(call, "nothing.txt").status_code == 404
+    assert checked_static(call, "tester.js", method="POST").status_code == 405
+
+
+def checked_static(call, name, method="GET"):
+    """A file of the tester page, held to the document's `/static/{file}`."""
+    return call(method, f"/static/{name}", path_template="/static/{file}")
 
 
 def test_every_documented_answer_was_seen(checked):

@@ -20,7 +20,8 @@ def test_pip_install_into_an_empty_virtualenv(tmp_path, kc):
     assert str(tmp_path) in site  # the installed copy, not the checkout
     # Started outside the checkout: neither the source tree nor its gunicorn.conf.py is there, only the package's
     # own settings (`-c python:gateway.gunicorn_conf`), which take GATEWAY_WORKERS from the environment.
-    server = Gunicorn({"KEYCLOAK_URL": LIVE_URL, "KEYCLOAK_CLIENT_SECRET": DEV_SECRET, "GATEWAY_WORKERS": "3"},
+    server = Gunicorn({"KEYCLOAK_URL": LIVE_URL, "KEYCLOAK_CLIENT_SECRET": DEV_SECRET, "GATEWAY_WORKERS": "3",
+                       "GATEWAY_TESTER_PAGE": "true"},
                       cwd=tmp_path, executable=str(tmp_path / "venv" / "bin" / "gunicorn")).wait_ready()
     try:
         children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
@@ -33,5 +34,9 @@ def test_pip_install_into_an_empty_virtualenv(tmp_path, kc):
         assert (response.status_code, response.json()["message"]) == (200, kc.admin.get_user_id("ahmadakbar"))
         assert requests.post(server.url + "/api/login", json={}, timeout=30).json() == (
             "code=400, message=payload is unknown")
+        # The tester page's files are package data: they must be in the installed copy, not only the checkout.
+        page, script = (requests.get(server.url + path, timeout=30) for path in ("/", "/static/tester.js"))
+        assert (page.status_code, script.status_code) == (200, 200)
+        assert '<script type="module" src="/static/tester.js">' in page.text and "/api/login" in script.text
     finally:
         server.stop()

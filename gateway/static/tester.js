@@ -1,0 +1,135 @@
+// The tester page's one script: calls the gateway's EDM endpoints with fetch and shows their answers.
+// Tokens live in `session` below only, never in localStorage, sessionStorage or cookies; the page's
+// Content-Security-Policy enforces Trusted Types, so text is only ever set with textContent.
+
+const session = { username: "", accessToken: "", refreshToken: "", expiresAt: 0, timer: 0 };
+
+const byId = (id) => document.getElementById(id);
+
+function show(element, text) {
+  element.textContent = text;
+  element.hidden = text === "";
+}
+
+// Token values are shortened on screen: the page is for seeing what the gateway answers, and a full token in a
+// screenshot or a pasted bug report would be a credential.
+function shortened(body) {
+  if (body === null || typeof body !== "object") return body;
+  const copy = Array.isArray(body) ? [] : {};
+  for (const [key, value] of Object.entries(body)) {
+    copy[key] = /token$/i.test(key) && typeof value === "string" && value.length > 20
+      ? `${value.slice(0, 16)}… (${value.length} characters)`
+      : shortened(value);
+  }
+  return copy;
+}
+
+// One call to the gateway. Its errors are JSON strings such as "code=400, message=wrong password", shown as sent.
+async function call(method, path, { json, accessToken } = {}) {
+  const headers = {};
+  if (json !== undefined) headers["Content-Type"] = "application/json";
+  if (accessToken) headers.Authorization = `Bearer ${accessToken}`;
+  show(byId("request-line"), `${method} ${path} …`);
+  let response;
+  let text;
+  try {
+    response = await fetch(path, {
+      method, headers, body: json === undefined ? undefined : JSON.stringify(json), credentials: "omit", cache: "no-store",
+    });
+    text = await response.text();
+  } catch (failure) {
+    show(byId("request-line"), `${method} ${path}: no answer`);
+    return { ok: false, error: `the gateway could not be reached (${failure.message})`, body: undefined };
+  }
+  let body;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    body = undefined;
+  }
+  show(byId("request-line"), `${method} ${path}: HTTP ${response.status}`);
+  if (response.ok && body !== null && typeof body === "object") return { ok: true, error: "", body };
+  const error = typeof body === "string" ? body : `HTTP ${response.status} ${response.statusText}`.trim();
+  return { ok: false, error, body: body === undefined ? text : body };
+}
+
+function report(result, notice) {
+  show(byId("error"), result.ok ? "" : result.error);
+  show(byId("notice"), result.ok ? notice : "");
+  const body = result.body === undefined ? "" : JSON.stringify(shortened(result.body), null, 2);
+  show(byId("answer-body"), body);
+}
+
+function showExpiry() {
+  const left = Math.max(0, Math.ceil((session.expiresAt - performance.now()) / 1000));
+  const minutes = Math.floor(left / 60);
+  const seconds = String(left % 60).padStart(2, "0");
+  byId("session-expires-in").textContent = left > 0 ? `${minutes}:${seconds}` : "expired";
+  if (left === 0) clearInterval(session.timer);
+}
+
+function keepTokens(body) {
+  session.accessToken = body.accessToken;
+  session.refreshToken = body.refreshToken;
+  session.expiresAt = performance.now() + body.expiresIn * 1000;
+  clearInterval(session.timer);
+  session.timer = setInterval(showExpiry, 1000);
+  showExpiry();
+  byId("session-user-id").textContent = body.message;
+  byId("session-username").textContent = session.username;
+  byId("session").hidden = false;
+}
+
+// One request at a time: every button waits for the answer (a double-submitted login would only queue).
+async function busy(work) {
+  const buttons = document.querySelectorAll("button");
+  for (const button of buttons) button.disabled = true;
+  try {
+    await work();
+  } finally {
+    for (const button of buttons) button.disabled = false;
+  }
+}
+
+async function logIn() {
+  const username = byId("username").value;
+  const result = await call("POST", "/api/login", { json: { username, password: byId("password").value } });
+  report(result, "Logged in.");
+  if (!result.ok) return;
+  byId("password").value = "";
+  session.username = username;
+  keepTokens(result.body);
+  byId("session-state").textContent = "logged in";
+}
+
+async function refresh() {
+  const result = await call("POST", "/api/refresh", { json: { refreshToken: session.refreshToken } });
+  report(result, "Refreshed: new access and refresh tokens.");
+  if (result.ok) keepTokens(result.body);
+}
+
+async function whoAmI() {
+  const result = await call("GET", "/api/me", { accessToken: session.accessToken });
+  report(result, result.ok ? `You are ${result.body.user.username}.` : "");
+  if (!result.ok) return;
+  session.username = result.body.user.username;
+  byId("session-username").textContent = session.username;
+  byId("session-user-id").textContent = result.body.message;
+}
+
+async function logOut() {
+  const result = await call("POST", "/api/logout", { json: { refreshToken: session.refreshToken } });
+  report(result, "Logged out.");
+  if (result.ok) {
+    // The old tokens stay, so that a tester can see the refresh token refused from now on.
+    byId("session-state").textContent = "logged out: the session ended at Keycloak; the old tokens are kept";
+  }
+}
+
+byId("login-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  busy(logIn);
+});
+byId("refresh").addEventListener("click", () => busy(refresh));
+byId("who-am-i").addEventListener("click", () => busy(whoAmI));
+byId("logout").addEventListener("click", () => busy(logOut));

@@ -1,0 +1,38 @@
+"""The tester page at `/`: one HTML file, one stylesheet and one script in `gateway/static/`, served by the
+gateway itself (no build step, no third-party code), under a Content-Security-Policy that allows nothing else."""
+
+from flask import Blueprint, send_from_directory
+
+bp = Blueprint("tester", __name__, static_folder="static", static_url_path="/static")
+
+# Scripts, styles and fetches from the gateway's own origin only: no inline script or style, no eval, no
+# framing, no plugins, no <base> rewriting, forms posted back here only; Trusted Types make DOM sinks such
+# as innerHTML throw, so even a later slip in tester.js cannot turn a gateway answer into markup.
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "connect-src 'self'",
+    "img-src 'self'",
+    "base-uri 'none'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+    "object-src 'none'",
+    "require-trusted-types-for 'script'",
+    "trusted-types 'none'",
+])
+
+
+@bp.get("/")
+def page():
+    """The tester page; its stylesheet and script come from `/static/`."""
+    return send_from_directory(bp.static_folder, "tester.html")
+
+
+@bp.after_request
+def page_headers(response):
+    """The page, and its files, may not be framed, leak a referrer, or load anything from elsewhere."""
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    return response
