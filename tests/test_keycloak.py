@@ -234,19 +234,24 @@ def test_a_dropped_post_is_never_sent_again(path, body, hanging_up_server):
     assert hanging_up_server.connections == 1
 
 
-def test_proxy_and_ca_bundle_settings_are_read_once_and_kept(monkeypatch):
-    """requests stops reading the environment per call (a measured cost); what it read there still applies."""
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+def test_proxy_and_ca_bundle_settings_are_read_once_and_kept(monkeypatch, upstream):
+    """Read from the environment at start, never again per call (a measured cost), and applied to every call:
+    the OpenID endpoints' and python-keycloak's admin calls alike."""
     import certifi
 
-    bundle = certifi.where()  # any real bundle: python-keycloak's httpx client opens it at once
+    bundle = certifi.where()  # any real bundle: it is checked at start
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", bundle)
-    keycloak = create_app(mock_config(KEYCLOAK_URL="https://keycloak.internal/auth/")).extensions["keycloak"]
-    clients = keycloak._clients()
-    for connection in (clients.openid.connection, clients.admin.connection):
-        assert connection._s.trust_env is False
-        assert connection._s.proxies["https"] == "http://proxy.internal:3128"
-        assert connection.verify == bundle
+    client = create_app(mock_config(KEYCLOAK_URL="https://keycloak.internal/auth/")).test_client()
+    monkeypatch.setenv("HTTPS_PROXY", "http://elsewhere:1")  # changed after the start: not read again
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    base = "https://keycloak.internal/auth/"
+    upstream.post(f"{base}realms/edm/protocol/openid-connect/token", **invalid_grant(400, "Invalid user credentials"))
+    upstream.post(f"{base}realms/edm/protocol/openid-connect/token", json={"access_token": "s", "expires_in": 300})
+    upstream.get(f"{base}admin/realms/edm/users", json=[])
+    assert login(client).json == "code=404, message=username not found"
+    sent = [(c.request.req_kwargs["proxies"].get("https"), c.request.req_kwargs["verify"]) for c in upstream.calls]
+    assert sent == [("http://proxy.internal:3128", bundle)] * 3
 
 
 def _connection_error(cause):

@@ -7,6 +7,8 @@ from gateway import create_app
 from tests.conftest import free_port, live_config
 from tests.openapi_check import Document
 
+pytestmark = pytest.mark.keycloak  # the whole module: its last test reads what the others checked
+
 # Statuses the document names that no request can provoke from outside (a bug in the gateway).
 UNPROVOKED = {"500"}
 
