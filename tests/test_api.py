@@ -91,7 +91,33 @@ def invalid_tokens(signer):
         "oversized": "a" * 9000,
         "deeply nested header": _nested() + "." + payload + ".c2ln",
         "deeply nested payload": header + "." + _nested() + ".c2ln",
+        "padded segments": header + "==." + payload + "." + good.split(".")[2],
+        "signature not written canonically": header + "." + payload + "." + _uncanonical(good.split(".")[2]),
+        "four segments": good + ".e30",
+        "a critical extension": _resign(signer, {"alg": "RS256", "kid": "mock-key", "crit": ["exp"]}, payload),
+        "not valid before a minute from now": signer.token(nbf=now + 60),
     }
+
+
+def _uncanonical(segment):
+    """The same bytes, written with a stray bit set in the last character: 256 bytes of RSA signature take 342
+    characters, the last carrying 4 unused bits."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    assert len(segment) % 4 == 2
+    changed = segment[:-1] + alphabet[alphabet.index(segment[-1]) ^ 1]
+    assert base64.urlsafe_b64decode(changed + "==") == base64.urlsafe_b64decode(segment + "==")
+    return changed
+
+
+def _resign(signer, header, payload):
+    """A token with this header and payload, really signed by the realm's key."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    head = _b64(header)
+    private = signer.key.get_op_key("sign")
+    signature = private.sign(f"{head}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{head}.{payload}." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
 
 
 def _nested(depth=3000):

@@ -125,3 +125,39 @@ def test_the_real_clock_ages_the_set_too():
         time.sleep(0.25)
         assert me(client, signer.token())[0] == 200
         assert len(realm.calls) == 2
+
+
+def test_a_remembered_token_still_expires(gateway):
+    client, _, keys = gateway
+    signer = Signer(kid="k1")
+    token = signer.token(exp=int(time.time()) + 60)
+    tokens = client.application.extensions["keycloak"].tokens
+    with responses.RequestsMock() as realm:
+        realm.get(CERTS, json=signer.jwks)
+        assert me(client, token)[0] == 200
+        assert me(client, token)[0] == 200  # answered from memory
+        tokens.clock = lambda: time.time() + 91  # past exp and its 30 s of leeway
+        assert me(client, token) == INVALID
+
+
+def test_a_remembered_token_stops_verifying_once_its_key_is_gone(gateway):
+    client, clock, _ = gateway
+    old, new = Signer(kid="old-key"), Signer(kid="new-key")
+    token = old.token()
+    with responses.RequestsMock() as realm:
+        realm.get(CERTS, json=old.jwks)
+        assert [me(client, token)[0] for _ in range(3)] == [200] * 3
+        realm.replace(responses.GET, CERTS, json=new.jwks)
+        clock.now += 61
+        assert me(client, token) == INVALID
+
+
+def test_remembered_tokens_are_bounded(gateway):
+    client, _, _ = gateway
+    signer = Signer(kid="k1")
+    tokens = client.application.extensions["keycloak"].tokens
+    tokens.CACHE_SIZE = 3
+    with responses.RequestsMock() as realm:
+        realm.get(CERTS, json=signer.jwks)
+        assert [me(client, signer.token(sub=f"u-{i}"))[0] for i in range(5)] == [200] * 5
+    assert len(tokens._verified) == 3
