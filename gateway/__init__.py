@@ -2,6 +2,7 @@
 
 from flask import Flask
 
+from gateway import limits, store
 from gateway.config import load_settings
 from gateway.errors import register_error_handlers
 from gateway.keycloak import Keycloak
@@ -16,7 +17,8 @@ def create_app(test_config=None):
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # the documented bodies have a key order
-    app.extensions["keycloak"] = Keycloak(settings)
+    app.extensions["store"] = store.connect(settings)  # None without GATEWAY_REDIS_URL
+    app.extensions["keycloak"] = Keycloak(settings, app.extensions["store"])
 
     register_error_handlers(app)
 
@@ -26,4 +28,5 @@ def create_app(test_config=None):
     app.register_blueprint(ops.bp)
     if settings.simplejwt_profile:
         app.register_blueprint(simplejwt.bp)
+    limits.init_app(app, settings, app.extensions["store"])  # last: the limits see the request as the views will
     return app

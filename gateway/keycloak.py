@@ -38,7 +38,7 @@ from gateway.errors import (
     WrongPassword,
 )
 from gateway.tokens import AccessTokens, RealmKeys
-from gateway.userlock import UsernameTurns
+from gateway.userlock import SharedTurns, UsernameTurns
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ LOGIN_REFUSALS = {
     ("invalid_grant", "Account temporarily disabled"): AccountLocked,
     ("invalid_grant", "Account is not fully set up"): AccountNotSetUp,
 }
+ACCOUNT_STATE_REFUSALS = (AccountDisabled, AccountLocked, AccountNotSetUp)
 REFRESH_REFUSALS = {
     ("invalid_grant", "Account disabled"): AccountDisabled,
     ("invalid_grant", "User disabled"): AccountDisabled,
@@ -146,7 +147,7 @@ class Keycloak:
     after a fork) gets its own; their connection pools are per thread too.
     """
 
-    def __init__(self, settings):
+    def __init__(self, settings, store=None):
         self.settings = settings
         self._local = threading.local()
         self._proxies = _proxies(settings)
@@ -156,7 +157,10 @@ class Keycloak:
             raise ConfigError(f"cannot build the Keycloak client: {type(exc).__name__}: {exc}") from exc
         self.keys = RealmKeys(self._fetch_jwks, max_age=settings.keys_max_age)
         self.tokens = AccessTokens(settings, self.keys)
-        self.turns = UsernameTurns(settings.lock_dir, timeout=settings.timeout)
+        if store is None:  # one turn per username on this host, else across every host sharing the store
+            self.turns = UsernameTurns(settings.lock_dir, timeout=settings.timeout, waiters=settings.login_waiters)
+        else:
+            self.turns = SharedTurns(store, timeout=settings.timeout, waiters=settings.login_waiters)
         self._readiness = (None, False)  # (monotonic time it was checked, result)
 
     def _clients(self):
@@ -181,17 +185,25 @@ class Keycloak:
 
     def login(self, username, password, explain=True):
         """The password grant. On "Invalid user credentials", one admin look-up says which failure it was;
-        without `explain` no look-up is made and the failure is InvalidCredentials."""
+        without `explain` no look-up is made and the failure is InvalidCredentials. In enumeration-safe mode
+        (GATEWAY_HIDE_ACCOUNT_STATE) every credential or account-state refusal is InvalidCredentials, without a
+        look-up, Keycloak's own words kept as its reason."""
         openid = self._clients().openid
+        hide_account_state = self.settings.hide_account_state
         with self.turns.hold(username):
             try:
                 with _upstream("password grant", LOGIN_REFUSALS):
                     body = openid.token(username=username, password=password, scope="profile email")
             except _CredentialsRejected as exc:
                 body, rejected = None, exc
+            except ACCOUNT_STATE_REFUSALS as exc:
+                # Each tells that the account exists; "disabled" and "not set up", that the password was right.
+                if hide_account_state:
+                    raise InvalidCredentials(exc.reason) from None
+                raise
         if body is not None:
             return self._tokens(body)  # verified after the turn was passed on
-        if not explain:
+        if not explain or hide_account_state:
             raise InvalidCredentials(rejected.reason)
         raise self._credential_failure(username, rejected.reason)
 

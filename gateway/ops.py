@@ -3,7 +3,7 @@
 from flask import Blueprint, current_app
 
 from gateway import keycloak
-from gateway.errors import UpstreamUnavailable
+from gateway.errors import StoreUnavailable, UpstreamUnavailable
 
 bp = Blueprint("ops", __name__)
 
@@ -16,7 +16,11 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """200 only while Keycloak's realm metadata and keys can be fetched (checked at most every few seconds)."""
+    """200 only while Keycloak's realm metadata and keys can be fetched (checked at most every few seconds), and
+    the shared Redis, where there is one, answers."""
+    shared = current_app.extensions["store"]
+    if shared is not None and not shared.ready():
+        raise StoreUnavailable("readiness: redis unreachable")
     if not keycloak.current().ready():
         raise UpstreamUnavailable("readiness: realm metadata or keys unreachable")
     return current_app.json.response({"status": 200, "message": "ready"})

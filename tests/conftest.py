@@ -4,6 +4,7 @@ for everything else. No test sees the developer's own settings: every variable t
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -246,6 +247,61 @@ class Gunicorn:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.communicate()[0]
+
+
+class RedisServer:
+    """A private `redis-server` (Debian's) on a free loopback port, with nothing kept on disk: start, stop and
+    start again on the same port to make a Redis outage real. Never the stack's own Redis."""
+
+    def __init__(self, directory):
+        self.directory = str(directory)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = None
+
+    def start(self):
+        executable = shutil.which("redis-server")
+        if executable is None:
+            pytest.fail("redis-server (Debian package redis-server) is not installed; run `make test`, which "
+                        "installs it", pytrace=False)
+        self.process = subprocess.Popen(
+            [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.directory, "--logfile", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.02)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self):
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def flush(self):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            s.sendall(b"FLUSHALL\r\n")
+            assert s.recv(16).startswith(b"+OK")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One private Redis for the run's tests that only need one; emptied before each test that uses it."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    redis_server.flush()
+    return redis_server.url
 
 
 class Signer:
