@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -225,14 +226,21 @@ class Gunicorn:
         self.url = f"http://127.0.0.1:{self.port}"
         command = [executable or os.path.join(os.path.dirname(sys.executable), "gunicorn"),
                    "-c", "python:gateway.gunicorn_conf", "--bind", f"127.0.0.1:{self.port}", *args]
+        # A file, not a pipe: a long test's access log would fill a pipe and stall gunicorn.
+        self.output = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **env},
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                        stdout=self.output, stderr=subprocess.STDOUT, text=True)
+
+    def log(self):
+        """What gunicorn and the gateway wrote so far."""
+        self.output.seek(0)
+        return self.output.read()
 
     def wait_ready(self, timeout=30):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"gunicorn exited: {self.process.stdout.read()}")
+                raise AssertionError(f"gunicorn exited: {self.log()}")
             try:
                 requests.get(self.url + "/", timeout=1)
                 return self
@@ -243,10 +251,80 @@ class Gunicorn:
     def stop(self):
         self.process.terminate()
         try:
-            return self.process.communicate(timeout=15)[0]
+            self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            return self.process.communicate()[0]
+            self.process.wait()
+        return self.log()
+
+
+class TcpRelay:
+    """A test-owned TCP relay on a loopback port, forwarding to `target` (the shared Keycloak): stopping it makes
+    "Keycloak stopped" real for a gateway that calls Keycloak through it (connections refused, those open cut)
+    without touching the Keycloak other tests and engineers use; starting it again on the same port is "Keycloak
+    back"."""
+
+    def __init__(self, target):
+        self.target = target
+        self.port = free_port()
+        self.listener = None
+        self._connections = set()
+        self._lock = threading.Lock()
+
+    def start(self):
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(128)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def _accept(self, listener):
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed by stop()
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._connections.update((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def stop(self):
+        """Refuse new connections and cut the open ones, as a stopped server does."""
+        # shutdown, not only close: a close leaves the socket listening while the accept thread is blocked in it.
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            connection.close()
 
 
 class RedisServer:
@@ -255,6 +333,7 @@ class RedisServer:
 
     def __init__(self, directory):
         self.directory = str(directory)
+        os.makedirs(self.directory, exist_ok=True)
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = None

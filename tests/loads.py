@@ -1,0 +1,55 @@
+"""Bounded login loads for the tests with real processes: a fixed number of client threads, each logging in its own
+user (so that Keycloak never sees two grants of one user at once) until told to stop, recording every answer."""
+
+import threading
+import time
+from dataclasses import dataclass
+
+import requests
+
+
+@dataclass
+class Answer:
+    started: float  # monotonic
+    seconds: float
+    status: int
+    body: object
+    retry_after: str | None = None
+
+
+def login(url, user, timeout=30):
+    """One POST /api/login; the answer with its duration."""
+    started = time.monotonic()
+    response = requests.post(f"{url}/api/login", json={"username": user.username, "password": user.password},
+                             timeout=timeout)
+    return Answer(started, time.monotonic() - started, response.status_code, response.json(),
+                  response.headers.get("Retry-After"))
+
+
+class LoginLoad:
+    """One thread per user, logging that user in again and again until `stop()` (or `seconds` ran out)."""
+
+    def __init__(self, url, users, seconds=60):
+        self.url, self.users = url, users
+        self.answers = []
+        self._lock = threading.Lock()
+        self._until = time.monotonic() + seconds
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(user,), daemon=True) for user in users]
+
+    def _run(self, user):
+        while not self._stop.is_set() and time.monotonic() < self._until:
+            answer = login(self.url, user)
+            with self._lock:
+                self.answers.append(answer)
+
+    def start(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+        return self.answers
