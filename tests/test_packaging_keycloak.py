@@ -1,6 +1,7 @@
 """`pip install .` into an empty virtualenv gives a gateway that starts under gunicorn and logs in."""
 
 import subprocess
+import time
 import venv
 from pathlib import Path
 
@@ -22,8 +23,11 @@ def test_pip_install_into_an_empty_virtualenv(tmp_path, kc):
     server = Gunicorn({"KEYCLOAK_URL": LIVE_URL, "KEYCLOAK_CLIENT_SECRET": DEV_SECRET, "GATEWAY_WORKERS": "3"},
                       cwd=tmp_path, executable=str(tmp_path / "venv" / "bin" / "gunicorn")).wait_ready()
     try:
-        workers = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
-        assert len(workers) == 3  # not gunicorn's default of one sync worker
+        children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+        deadline = time.monotonic() + 15  # the first worker may serve before the last one is forked
+        while len(children.read_text().split()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(children.read_text().split()) == 3  # not gunicorn's default of one sync worker
         response = requests.post(server.url + "/api/login", json={"username": "ahmadakbar", "password": "password"},
                                  timeout=30)
         assert (response.status_code, response.json()["message"]) == (200, kc.admin.get_user_id("ahmadakbar"))
