@@ -123,6 +123,10 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_terminal_summary(terminalreporter):
+    fuzzed = getattr(pytest, "fuzzed_requests", {})
+    if fuzzed:
+        kinds = "; ".join(f"{kind}: {count}" for kind, count in sorted(fuzzed.items()))
+        terminalreporter.write_line(f"fuzzing: {sum(fuzzed.values())} generated requests ({kinds})")
     ran = [r for key in ("passed", "failed", "error") for r in terminalreporter.stats.get(key, [])
            if r.when == "call" and "keycloak" in r.keywords]
     if ran:
