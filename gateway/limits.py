@@ -100,7 +100,7 @@ def _login_failed(response):
 def _refuse(limit):
     """Flask-Limiter's breach callback: the gateway's own 429, with the seconds until the window lets one through."""
     reset_at, _ = limit.window
-    kind = "per-username" if limit.key.split("/")[2].startswith("username:") else "per-address"
+    kind = "per-username" if "/username:" in limit.key else "per-address"
     raise TooManyAttempts(f"{kind} rate limit {limit.limit} reached",
                           retry_after=math.ceil(reset_at - time.time()))
 

@@ -27,10 +27,12 @@ def login(url, user, timeout=30):
 
 
 class LoginLoad:
-    """One thread per user, logging that user in again and again until `stop()` (or `seconds` ran out)."""
+    """One thread per user, logging that user in again and again (`pause` seconds apart, so that fast refusals do
+    not turn the load into a flood) until `stop()` or `seconds` ran out. A request that fails outright is recorded
+    with status None."""
 
-    def __init__(self, url, users, seconds=60):
-        self.url, self.users = url, users
+    def __init__(self, url, users, seconds=60, pause=0.02):
+        self.url, self.users, self.pause = url, users, pause
         self.answers = []
         self._lock = threading.Lock()
         self._until = time.monotonic() + seconds
@@ -39,9 +41,14 @@ class LoginLoad:
 
     def _run(self, user):
         while not self._stop.is_set() and time.monotonic() < self._until:
-            answer = login(self.url, user)
+            started = time.monotonic()
+            try:
+                answer = login(self.url, user)
+            except requests.RequestException as exc:
+                answer = Answer(started, time.monotonic() - started, None, repr(exc))
             with self._lock:
                 self.answers.append(answer)
+            self._stop.wait(self.pause)
 
     def start(self):
         for thread in self._threads:

@@ -50,7 +50,8 @@ def test_a_burst_for_one_username_does_not_starve_another_user(server, kc):
     assert outcomes <= {(200, "tokens", None), (429, "code=429, message=too many login attempts", "1")}, outcomes
     succeeded = [a for a in answers if a.status == 200]
     assert succeeded and all(a.body["message"] == target.id for a in succeeded)
-    assert max(a.seconds for a in answers if a.status == 429) < 1.0  # refused at once, not after waiting
+    # Refused at once, not after waiting a turn (the time includes the wait for a free server thread).
+    assert max(a.seconds for a in answers if a.status == 429) < 2.0
     assert (others.status, others.body["message"]) == (200, other.id)
     assert others.seconds < 1.0
     assert kc.admin.get_bruteforce_detection_status(target.id)["numFailures"] == 0
