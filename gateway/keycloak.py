@@ -158,9 +158,11 @@ class Keycloak:
         self.keys = RealmKeys(self._fetch_jwks, max_age=settings.keys_max_age)
         self.tokens = AccessTokens(settings, self.keys)
         if store is None:  # one turn per username on this host, else across every host sharing the store
-            self.turns = UsernameTurns(settings.lock_dir, timeout=settings.timeout, waiters=settings.login_waiters)
+            self.turns = UsernameTurns(settings.lock_dir, timeout=settings.timeout, waiters=settings.login_waiters,
+                                       threads=settings.threads)
         else:
-            self.turns = SharedTurns(store, timeout=settings.timeout, waiters=settings.login_waiters)
+            self.turns = SharedTurns(store, timeout=settings.timeout, waiters=settings.login_waiters,
+                                     threads=settings.threads)
         self._readiness = (None, False)  # (monotonic time it was checked, result)
 
     def _clients(self):

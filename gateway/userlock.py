@@ -16,7 +16,10 @@ password (`shared/KEYCLOAK.md`), so the gateway gives each username one turn at 
 A thread that waits for a turn is a thread that serves nobody else, so a burst of logins for one username could
 take every thread of the host. Each login therefore first takes one of `waiters + 1` places of its username (the
 turn's holder and the waiters), counted over the whole host, or over every host with Redis; when none is free it
-is refused at once (TooManyAttempts, 429 with Retry-After) instead of queueing. On a host a place is an
+is refused at once (TooManyAttempts, 429 with Retry-After) instead of queueing. And within one worker process at
+most `threads - threads // 8` threads may be in line for one username: a worker keeps one thread in eight for
+everyone else even when all the places of a username happen to be in it (gunicorn hands a worker's queued
+requests to its threads in order, so a worker whose every thread waits serves the others only as turns end). On a host a place is an
 open-file-description lock on one byte of the username's lock file (`F_OFD_SETLK`: per open file, so per
 thread, and released by the kernel when the file is closed or its process dies). With Redis the places are the
 members of a sorted set scored by their expiry, added and counted by one Lua script, so places of a crashed
@@ -86,15 +89,19 @@ class _Turns:
     """The per-username queue of this process's threads; the subclasses add the places and the turn between
     processes (and hosts)."""
 
-    def __init__(self, timeout, waiters):
+    def __init__(self, timeout, waiters, threads):
         self.timeout = timeout
         self.waiters = waiters
+        # None: no bound of its own (a process not serving requests from a fixed number of threads)
+        self.in_line_per_process = max(1, threads - threads // 8) if threads else None
         self._queues = {}
         self._guard = threading.Lock()
 
     def _enter(self, key, deadline):
         with self._guard:
             queue = self._queues.get(key) or self._queues.setdefault(key, _Queue())
+            if self.in_line_per_process is not None and queue.users >= self.in_line_per_process:
+                raise _no_place("in this worker process")
             queue.users += 1
             if not queue.busy:
                 queue.busy = True
@@ -134,8 +141,8 @@ class UsernameTurns(_Turns):
     """One turn per username at a time on this host; a turn not had within `timeout` seconds is LoginQueueTimeout,
     and a login that finds the turn's holder and `waiters` others already there is TooManyAttempts at once."""
 
-    def __init__(self, directory, timeout, waiters=7):
-        super().__init__(timeout, waiters)
+    def __init__(self, directory, timeout, waiters=7, threads=None):
+        super().__init__(timeout, waiters, threads)
         self.directory = directory
         self._ensure_directory()
         self._key = self._stripe_key(secrets.token_bytes(32))
@@ -243,8 +250,8 @@ class SharedTurns(_Turns):
     """One turn per username at a time across every host sharing the Redis of `store`; places counted there too.
     A Redis that cannot be reached is StoreUnavailable: the rule is never skipped."""
 
-    def __init__(self, store, timeout, waiters=7):
-        super().__init__(timeout, waiters)
+    def __init__(self, store, timeout, waiters=7, threads=None):
+        super().__init__(timeout, waiters, threads)
         self.client = store.client
         # The lock outlives the longest grant (connect and read, each up to `timeout`), then lapses on its own.
         self.expiry = 2 * timeout + 1

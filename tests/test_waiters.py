@@ -231,3 +231,19 @@ def test_a_turn_begins_only_once_the_previous_grant_settled_in_keycloak(any_turn
     assert began - ended >= SETTLE_SECONDS - 0.005
     with one.hold("budisantoso"):  # another username does not wait
         assert time.monotonic() - began < SETTLE_SECONDS
+
+
+def test_a_worker_keeps_one_thread_in_eight_for_everyone_else(tmp_path):
+    """Even when every place of a username is in one worker, 7 of its 8 threads at most are in line for it."""
+    turns = UsernameTurns(str(tmp_path), timeout=5, waiters=20, threads=8)
+    holders = Holders(turns)
+    holders.add(7)
+    wait_until(lambda: turns.waiting("ahmadakbar") == 6)
+    assert refused_at_once(turns).reason == (
+        "too many logins of the same username already wait for their turn in this worker process")
+    with turns.hold("budisantoso"):
+        pass
+    holders.done()
+    assert holders.errors == []
+    assert UsernameTurns(str(tmp_path), timeout=5, threads=4).in_line_per_process == 4  # under 8 threads: no reserve
+    assert UsernameTurns(str(tmp_path), timeout=5, threads=16).in_line_per_process == 14
