@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install prerequisites keycloak keycloak-stop keycloak-reset run test
+.PHONY: install prerequisites keycloak keycloak-stop keycloak-reset redis redis-stop run test
 
 $(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,18 @@ keycloak-stop:
 keycloak-reset:
 	@scripts/keycloak.sh reset
 
-## run: Keycloak plus the gateway under gunicorn on 127.0.0.1:8000 in the foreground; Ctrl-C stops both
+## redis: start the local Redis in the background (loopback, nothing kept on disk); harmless when running
+redis: prerequisites
+	@scripts/redis.sh start
+
+## redis-stop: stop it
+redis-stop:
+	@scripts/redis.sh stop
+
+## run: Keycloak and Redis plus the gateway under gunicorn on 127.0.0.1:8000 in the foreground; Ctrl-C stops both
 run: install
 	@scripts/run.sh
 
-## test: the whole suite against the real Keycloak (started for the run, stopped after if it was not running)
+## test: the whole suite against the real Keycloak and a Redis (started for the run, stopped after if they were not running)
 test: install
 	@scripts/test.sh

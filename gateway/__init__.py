@@ -9,7 +9,7 @@ def create_app(test_config=None):
     """Build the app: defaults, then the environment, then `test_config` (keyed by variable name)."""
     from flask import Flask
 
-    from gateway import api, observe, ops, simplejwt, tester
+    from gateway import api, limits, observe, ops, simplejwt, store, tester
     from gateway.browser import register_browser_headers
     from gateway.config import load_settings
     from gateway.errors import register_error_handlers
@@ -23,7 +23,8 @@ def create_app(test_config=None):
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # the documented bodies have a key order
-    app.extensions["keycloak"] = Keycloak(settings)
+    app.extensions["store"] = store.connect(settings)  # None without GATEWAY_REDIS_URL
+    app.extensions["keycloak"] = Keycloak(settings, app.extensions["store"])
 
     observe.register(app)  # first: every later hook and handler finds the request id
     register_error_handlers(app)
@@ -34,4 +35,5 @@ def create_app(test_config=None):
         app.register_blueprint(simplejwt.bp)
     if settings.tester_page:
         app.register_blueprint(tester.bp)
+    limits.init_app(app, settings, app.extensions["store"])  # last: the limits see the request as the views will
     return app

@@ -11,6 +11,8 @@ import tempfile
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from limits import parse_many
+
 
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable."""
@@ -86,6 +88,37 @@ def _directory(name, value):
     return value
 
 
+def _rate_limit(name, value):
+    """A limit in Flask-Limiter's syntax (`10/minute`, `5 per 10 seconds`, several joined by `;`); `off` is ""."""
+    if value.strip().lower() == "off":
+        return ""
+    try:
+        items = parse_many(value)
+    except ValueError:
+        items = []
+    if not items or any(item.amount < 1 for item in items):
+        raise ConfigError(f"{name} must be a rate limit such as 10/minute, or off, got {value!r}")
+    return value.strip()
+
+
+def _redis_url(name, value):
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        parts = None
+    if (parts is None or parts.scheme not in ("redis", "rediss") or not parts.hostname
+            or not re.fullmatch(r"(/[0-9]{1,5})?/?", parts.path) or parts.query or parts.fragment):
+        raise ConfigError(f"{name} must be a redis:// URL such as redis://127.0.0.1:6379/0, got "
+                          f"{_without_password(value)!r}")
+    return value
+
+
+def _without_password(url):
+    """A URL fit for an error message: any password replaced."""
+    return re.sub(r"//([^/@]*:)[^/@]*@", r"//\1***@", url)
+
+
 def _as_is(name, value):
     return value
 
@@ -132,6 +165,13 @@ VARIABLES = {
     "GATEWAY_CORS_ORIGINS": ("cors_origins", _origins, ""),
     "GATEWAY_TESTER_PAGE": ("tester_page", _flag, "true"),
     "GATEWAY_KEYS_MAX_AGE": ("keys_max_age", lambda n, v: _seconds(n, v, 0, 86400), "300"),
+    # abuse controls (gateway/limits.py, gateway/userlock.py) and the shared store (gateway/store.py)
+    "GATEWAY_HIDE_ACCOUNT_STATE": ("hide_account_state", _flag, "false"),
+    "GATEWAY_LIMIT_PER_USERNAME": ("limit_per_username", _rate_limit, "10/minute"),
+    "GATEWAY_LIMIT_PER_ADDRESS": ("limit_per_address", _rate_limit, "100/minute"),
+    "GATEWAY_LOGIN_WAITERS": ("login_waiters", lambda n, v: whole_number(n, v, 0, 1000), "7"),
+    "GATEWAY_TRUSTED_PROXIES": ("trusted_proxies", lambda n, v: whole_number(n, v, 0, 10), "0"),
+    "GATEWAY_REDIS_URL": ("redis_url", _redis_url, ""),
     # gunicorn's (read by gateway/gunicorn_conf.py)
     "GATEWAY_BIND": ("bind", _bind, "127.0.0.1:8000"),
     "GATEWAY_WORKERS": ("workers", lambda n, v: whole_number(n, v, 1, 64), "2"),
@@ -165,6 +205,13 @@ class Settings:
     tester_page: bool = True
     cors_origins: tuple = ()
     keys_max_age: float = 300.0
+    hide_account_state: bool = False
+    limit_per_username: str = "10/minute"  # "" when off
+    limit_per_address: str = "100/minute"
+    login_waiters: int = 7
+    trusted_proxies: int = 0
+    # may carry a password (redis://:password@host): not in repr
+    redis_url: str = field(default="", repr=False)
     bind: str = "127.0.0.1:8000"
     workers: int = 2
     threads: int = 8

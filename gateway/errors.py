@@ -18,10 +18,12 @@
     │   ├── MissingAccessToken         401 missing access token
     │   └── InvalidAccessToken         401 access token is invalid or expired
     │       └── ExpiredAccessToken
+    ├── TooManyAttempts                429 too many login attempts (its `retry_after`, also sent as Retry-After)
     ├── LoginQueueTimeout              504 authentication service timed out (the username's turn did not come)
     ├── NotReady                       503 keycloak unavailable (/readyz: names what failed)
     └── UpstreamError                  Keycloak could not answer usefully
         ├── UpstreamUnavailable        503 authentication service unavailable
+        │   └── StoreUnavailable       (Redis, the store the gateways share, could not be used)
         ├── UpstreamTimeout            504 authentication service timed out
         └── UpstreamBadResponse        502 authentication service error
 
@@ -153,6 +155,19 @@ class ExpiredAccessToken(InvalidAccessToken):
     pass
 
 
+class TooManyAttempts(GatewayError):
+    """A rate limit refused the attempt, or too many logins already wait for the username's turn; the attempt
+    never reached Keycloak. `retry_after` is how many seconds until an attempt may get through."""
+
+    code, message = 429, "too many login attempts"
+    outcome = "rate_limited"
+
+    def __init__(self, reason=None, retry_after=1):
+        super().__init__(reason)
+        self.retry_after = max(1, int(retry_after))
+        self.headers = {"Retry-After": str(self.retry_after)}
+
+
 class LoginQueueTimeout(GatewayError):
     """Another login of the same username held its turn for longer than KEYCLOAK_TIMEOUT: a wait in the gateway,
     not in Keycloak, though the answer is the documented timeout."""
@@ -181,6 +196,12 @@ class UpstreamUnavailable(UpstreamError):
     outcome = "upstream_unavailable"
 
 
+class StoreUnavailable(UpstreamUnavailable):
+    """Redis could not be used: rate limits and the one-grant-per-username rule cannot be kept, so nobody logs in."""
+
+    outcome = "store_unavailable"
+
+
 class UpstreamTimeout(UpstreamError):
     code, message = 504, "authentication service timed out"
     outcome = "upstream_timeout"
@@ -202,6 +223,7 @@ DRF_NO_ACCOUNT_FOR_TOKEN = "No active account found for the given token."
 DRF_AUTHENTICATE = 'JWT realm="api"'
 DRF_UPSTREAM = {
     UpstreamUnavailable: (503, "Authentication service unavailable."),
+    StoreUnavailable: (503, "Authentication service unavailable."),
     UpstreamTimeout: (504, "Authentication service timed out."),
     LoginQueueTimeout: (504, "Authentication service timed out."),
     UpstreamBadResponse: (502, "Authentication service error."),
@@ -235,6 +257,12 @@ def _token_detail(error):
     return "Token is invalid"
 
 
+def drf_throttled(wait):
+    """DRF's `Throttled` detail, singular and plural as it words them."""
+    unit = "second" if wait == 1 else "seconds"
+    return f"Request was throttled. Expected available in {wait} {unit}."
+
+
 def _simplejwt_error(error):
     if isinstance(error, FieldErrors):
         return _response(error.fields, 400)
@@ -248,6 +276,8 @@ def _simplejwt_error(error):
     if isinstance(error, (InvalidRefreshToken, InvalidAccessToken, MissingAccessToken)):
         body = {"detail": _token_detail(error), "code": "token_not_valid"}
         return _response(body, 401, {"WWW-Authenticate": DRF_AUTHENTICATE})
+    if isinstance(error, TooManyAttempts):
+        return _response({"detail": drf_throttled(error.retry_after)}, 429, error.headers)
     status, detail = DRF_UPSTREAM.get(type(error), (500, "A server error occurred."))
     return _response({"detail": detail}, status)
 

@@ -5,6 +5,7 @@ checkout's `gunicorn.conf.py` only points here, for a bare `gunicorn 'gateway:cr
 """
 
 import glob
+import logging
 import os
 import shutil
 import sys
@@ -32,6 +33,7 @@ else:
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
 from gateway import create_app  # noqa: E402 - after the metrics directory is set
+from gateway.limits import per_process_warning  # noqa: E402
 
 try:
     # Everything a worker will build, built once before any is forked: a start that cannot work stops here,
@@ -39,6 +41,8 @@ try:
     create_app()
 except ConfigError as exc:
     sys.exit(f"edm-gateway: configuration error: {exc}")
+if per_process_warning(settings):
+    logging.getLogger("gateway.limits").warning(per_process_warning(settings))
 
 
 class JsonLogger(glogging.Logger):
@@ -78,3 +82,10 @@ graceful_timeout = 10
 keepalive = 5
 # gunicorn 27 opens a control socket at one fixed path per user: several gateways on a host would collide.
 control_socket_disable = True
+# gunicorn answers HTML before the gateway sees a request that breaks these limits, so they sit above the gateway's
+# own: an Authorization header of up to 16 KiB (twice the longest token the gateway reads; it refuses longer
+# tokens itself, with its JSON 401), a request line of up to 8190 bytes (gunicorn's maximum; paths are answered
+# 404 by the gateway), and 100 header fields (a browser sends about 20).
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 16384

@@ -48,7 +48,7 @@ from gateway.errors import (
     WrongPassword,
 )
 from gateway.tokens import AccessTokens, RealmKeys
-from gateway.userlock import UsernameTurns
+from gateway.userlock import SharedTurns, UsernameTurns
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +74,19 @@ LOGIN_REFUSALS = {
     ("invalid_grant", "Account temporarily disabled"): AccountLocked,
     ("invalid_grant", "Account is not fully set up"): AccountNotSetUp,
 }
+ACCOUNT_STATE_REFUSALS = (AccountDisabled, AccountLocked, AccountNotSetUp)
+# Keycloak drops a form parameter longer than 4,000 characters: an overlong refresh token is "No refresh token".
 REFRESH_REFUSALS = {
     ("invalid_grant", "Account disabled"): AccountDisabled,
     ("invalid_grant", "User disabled"): AccountDisabled,
     ("invalid_grant", None): InvalidRefreshToken,
+    ("invalid_request", "No refresh token"): InvalidRefreshToken,
 }
 LOGOUT_REFUSALS = {
     ("invalid_grant", "Session not active"): _SessionEnded,
     ("invalid_grant", "Token is not active"): _SessionEnded,
     ("invalid_grant", None): InvalidRefreshToken,
+    ("invalid_request", "No refresh token"): InvalidRefreshToken,
 }
 
 
@@ -183,7 +187,7 @@ class Keycloak:
     """The realm `edm` as the gateway uses it: grants, logout, introspection and user look-ups; its access tokens
     are checked by `self.tokens` against the realm's keys in `self.keys`."""
 
-    def __init__(self, settings):
+    def __init__(self, settings, store=None):
         self.settings = settings
         realm = f"{settings.keycloak_url}realms/{settings.realm}/"
         self._urls = {name: realm + path for name, path in ENDPOINTS.items()}
@@ -200,7 +204,12 @@ class Keycloak:
             raise ConfigError(f"cannot build the Keycloak client: {type(exc).__name__}: {exc}") from exc
         self.keys = RealmKeys(self._fetch_jwks, max_age=settings.keys_max_age)
         self.tokens = AccessTokens(settings, self.keys)
-        self.turns = UsernameTurns(settings.lock_dir, timeout=settings.timeout)
+        if store is None:  # one turn per username on this host, else across every host sharing the store
+            self.turns = UsernameTurns(settings.lock_dir, timeout=settings.timeout, waiters=settings.login_waiters,
+                                       threads=settings.threads)
+        else:
+            self.turns = SharedTurns(store, timeout=settings.timeout, waiters=settings.login_waiters,
+                                     threads=settings.threads)
         self._readiness = (None, False)  # (monotonic time it was checked, result)
         self.readiness_ttl = 5.0  # seconds a readiness answer is kept
 
@@ -249,17 +258,25 @@ class Keycloak:
 
     def login(self, username, password, explain=True):
         """The password grant. On "Invalid user credentials", one admin look-up says which failure it was;
-        without `explain` no look-up is made and the failure is InvalidCredentials."""
+        without `explain` no look-up is made and the failure is InvalidCredentials. In enumeration-safe mode
+        (GATEWAY_HIDE_ACCOUNT_STATE) every credential or account-state refusal is InvalidCredentials, without a
+        look-up, Keycloak's own words kept as its reason."""
         form = {"grant_type": "password", "username": username, "password": password, "scope": "profile email",
                 **self._client}
+        hide_account_state = self.settings.hide_account_state
         with self.turns.hold(username):
             try:
                 body = self._call("password grant", "token", form, LOGIN_REFUSALS)
             except _CredentialsRejected as exc:
-                if not explain:
+                if not explain or hide_account_state:
                     raise InvalidCredentials(exc.reason) from None
                 # Within the turn: while another grant of the user is in flight, Keycloak reports it as locked.
                 raise self._credential_failure(username, exc.reason) from None
+            except ACCOUNT_STATE_REFUSALS as exc:
+                # Each tells that the account exists; "disabled" and "not set up", that the password was right.
+                if hide_account_state:
+                    raise InvalidCredentials(exc.reason) from None
+                raise
         return self._tokens(body)  # verified after the turn was passed on
 
     def _credential_failure(self, username, reason):

@@ -93,6 +93,8 @@ HEADERS = {
     "WWW-Authenticate": {"description": "the RFC 6750 (EDM) or SimpleJWT challenge", "required": True,
                          "schema": {"type": "string"}},
     "Allow": {"description": "the methods the path allows", "required": True, "schema": {"type": "string"}},
+    "Retry-After": {"description": "seconds until an attempt may get through", "required": True,
+                    "schema": {"type": "integer", "minimum": 1}},
 }
 
 
@@ -112,17 +114,20 @@ def _answer(description, schema, *headers, media_type="application/json"):
     return {"description": description, "headers": _headers(*headers), "content": {media_type: {"schema": schema}}}
 
 
-def _edm_failures(*, upstream=True, body=True, refused=None, status_400=None):
-    """The EDM failures an endpoint shares with the others; `refused`: {status: error classes} of its own."""
+def _edm_failures(*, upstream=True, body=True, refused=None):
+    """The EDM failures an endpoint shares with the others; `refused`: {status: error classes} of its own. Every
+    POST can be refused by the rate limits (and a login by the bound on logins waiting for the username)."""
     answers = {
         "405": _answer("wrong method", _edm((405, "method not allowed")), "Allow"),
         "500": _answer("unexpected failure (logged, never shown)", _edm(e.GatewayError)),
     }
     if body:
         answers["413"] = _answer("body over GATEWAY_MAX_BODY_BYTES", _edm((413, "payload too large")))
+        answers["429"] = _answer("too many attempts; never reached Keycloak", _edm(e.TooManyAttempts), "Retry-After")
     if upstream:
         answers["502"] = _answer("Keycloak answered something unusable", _edm(e.UpstreamBadResponse))
-        answers["503"] = _answer("Keycloak cannot be reached", _edm(e.UpstreamUnavailable))
+        answers["503"] = _answer("Keycloak, or the Redis the gateways share, cannot be reached",
+                                 _edm(e.UpstreamUnavailable))
         answers["504"] = _answer("Keycloak (or another login of the same username) took too long",
                                  _edm(e.UpstreamTimeout, e.LoginQueueTimeout))
     for status, classes in (refused or {}).items():
@@ -141,9 +146,11 @@ def _drf_failures(unauthorized):
         "405": _answer("wrong method", "DrfDetail", "Allow"),
         "413": _answer("body over GATEWAY_MAX_BODY_BYTES", "DrfDetail"),
         "415": _answer("a media type other than JSON, urlencoded or multipart", "DrfDetail"),
+        "429": _answer("throttled: \"Request was throttled. Expected available in N seconds.\"", "DrfDetail",
+                       "Retry-After"),
         "500": _answer("unexpected failure", "DrfDetail"),
         "502": _answer("Keycloak answered something unusable", "DrfDetail"),
-        "503": _answer("Keycloak cannot be reached", "DrfDetail"),
+        "503": _answer("Keycloak, or the Redis the gateways share, cannot be reached", "DrfDetail"),
         "504": _answer("Keycloak took too long", "DrfDetail"),
     }
 
@@ -225,7 +232,9 @@ def _operations(settings):
     yield "/readyz", "get", {
         "tags": ["Operations"], "summary": "Readiness: Keycloak's realm metadata and keys reachable (kept 5 s)",
         "responses": {"200": _answer("ready", "MessageBody"),
-                      "503": _answer("not ready; the message names what failed", _edm((503, "keycloak unavailable"))),
+                      "503": _answer("not ready; the message names what failed", _edm(
+                          (503, "keycloak unavailable"), (503, "redis unavailable"),
+                          (503, "redis, keycloak unavailable"))),
                       **_edm_failures(upstream=False, body=False)},
     }
     yield "/metrics", "get", {

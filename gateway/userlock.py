@@ -1,30 +1,79 @@
-"""At most one password grant per username in flight on this host, across threads and worker processes.
+"""At most one password grant per username in flight, across threads, worker processes and (with Redis) hosts;
+and a bound on how many logins of one username may wait for that turn.
 
 Keycloak 26 refuses a grant while another grant of the same user is in flight, in the words of a wrong
 password (`shared/KEYCLOAK.md`), so the gateway gives each username one turn at a time:
 - between the threads of a process, an exact per-username queue (first come, first served; no polling), whose
   entries exist only while someone holds or waits for them;
-- between the processes of the host, `fcntl.flock` on one of 65,536 lock files (released by the kernel if a worker
-  dies), chosen by a keyed hash of the username. The key is made once per lock directory and readable only by its
-  owner, so nobody can pick a username that shares another's file and hold it to keep that user out.
+- between the processes of the host (`UsernameTurns`), `fcntl.flock` on one of 65,536 lock files (released by the
+  kernel if a worker dies), chosen by a keyed hash of the username. The key is made once per lock directory and
+  readable only by its owner, so nobody can pick a username that shares another's file and hold it to keep that
+  user out;
+- between every process of every host (`SharedTurns`, with `GATEWAY_REDIS_URL`), redis-py's `Lock`, whose expiry
+  outlasts the longest grant so a crashed holder cannot keep the turn; Keycloak's own guard stays the backstop if a
+  Redis failover ever loses a lock.
+
+A thread that waits for a turn is a thread that serves nobody else, so a burst of logins for one username could
+take every thread of the host. Each login therefore first takes one of `waiters + 1` places of its username (the
+turn's holder and the waiters), counted over the whole host, or over every host with Redis; when none is free it
+is refused at once (TooManyAttempts, 429 with Retry-After) instead of queueing. And within one worker process at
+most `threads - threads // 8` threads may be in line for one username: a worker keeps one thread in eight for
+everyone else even when all the places of a username happen to be in it (gunicorn hands a worker's queued
+requests to its threads in order, so a worker whose every thread waits serves the others only as turns end). On a host a place is an
+open-file-description lock on one byte of the username's lock file (`F_OFD_SETLK`: per open file, so per
+thread, and released by the kernel when the file is closed or its process dies). With Redis the places are the
+members of a sorted set scored by their expiry, added and counted by one Lua script, so places of a crashed
+process lapse by themselves.
 """
 
 import fcntl
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import stat
+import struct
 import threading
 import time
+import uuid
 from collections import deque
 from contextlib import contextmanager
 
 from gateway.config import ConfigError
-from gateway.errors import LoginQueueTimeout
+from gateway.errors import LoginQueueTimeout, StoreUnavailable, TooManyAttempts
+from gateway.store import translated
+
+log = logging.getLogger(__name__)
 
 STRIPES = 65536
 KEY_FILE = "stripe.key"
+# A refused login is told to come back after this many seconds: by then the logins ahead of it are usually done.
+RETRY_AFTER = 1
+# Keycloak clears a grant's in-flight mark a few milliseconds after it answered (measured here: grants handed on at
+# once were refused 23 times in 240, after 5 ms 4 in 240, after 10 ms or more never), so a turn begins at the
+# earliest this long after the previous grant of the username ended.
+SETTLE_SECONDS = 0.03
+# Where the lock file keeps when its username's last grant ended (CLOCK_MONOTONIC, the same in every process).
+_ENDED = struct.Struct("d")
+
+
+# struct flock as fcntl(F_OFD_SETLK) reads it on Linux: l_type, l_whence, l_start, l_len, l_pid (0), padding.
+_FLOCK = struct.Struct("hhqqi4x")
+
+
+def _lock_byte(fd, offset):
+    """Try an open-file-description write lock on one byte of `fd`'s file; False if another open file has it."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0))
+    except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: held elsewhere
+        return False
+    return True
+
+
+def _no_place(where):
+    return TooManyAttempts(f"too many logins of the same username already wait for their turn {where}",
+                           retry_after=RETRY_AFTER)
 
 
 class _Queue:
@@ -36,14 +85,65 @@ class _Queue:
         self.users = 0  # holder plus waiters: the entry goes when it drops to 0
 
 
-class UsernameTurns:
-    """One turn per username at a time on this host; a turn not had within `timeout` seconds is LoginQueueTimeout."""
+class _Turns:
+    """The per-username queue of this process's threads; the subclasses add the places and the turn between
+    processes (and hosts)."""
 
-    def __init__(self, directory, timeout):
-        self.directory = directory
+    def __init__(self, timeout, waiters, threads):
         self.timeout = timeout
+        self.waiters = waiters
+        # None: no bound of its own (a process not serving requests from a fixed number of threads)
+        self.in_line_per_process = max(1, threads - threads // 8) if threads else None
         self._queues = {}
         self._guard = threading.Lock()
+
+    def _enter(self, key, deadline):
+        with self._guard:
+            queue = self._queues.get(key) or self._queues.setdefault(key, _Queue())
+            if self.in_line_per_process is not None and queue.users >= self.in_line_per_process:
+                raise _no_place("in this worker process")
+            queue.users += 1
+            if not queue.busy:
+                queue.busy = True
+                return queue
+            called = threading.Event()
+            queue.waiters.append(called)
+        if called.wait(max(0.0, deadline - time.monotonic())):
+            return queue
+        with self._guard:
+            if called.is_set():  # handed the turn just as the wait ran out: take it
+                return queue
+            queue.waiters.remove(called)
+            self._drop(key, queue)
+        raise LoginQueueTimeout("waited too long for another login of the same username in this process")
+
+    def _leave(self, key, queue):
+        with self._guard:
+            if queue.waiters:
+                queue.waiters.popleft().set()  # the turn passes straight to the next in line
+            else:
+                queue.busy = False
+            self._drop(key, queue)
+
+    def _drop(self, key, queue):
+        queue.users -= 1
+        if queue.users == 0:
+            del self._queues[key]
+
+    def waiting(self, username):
+        """How many threads of this process wait for the username's turn (the holder not counted)."""
+        with self._guard:
+            queue = self._queues.get(username.lower())
+            return len(queue.waiters) if queue else 0
+
+
+class UsernameTurns(_Turns):
+    """One turn per username at a time on this host; a turn not had within `timeout` seconds is LoginQueueTimeout,
+    and a login that finds the turn's holder and `waiters` others already there is TooManyAttempts at once."""
+
+    def __init__(self, directory, timeout, waiters=7, threads=None):
+        super().__init__(timeout, waiters, threads)
+        self.directory = directory
         self._ensure_directory()
         self._key = self._stripe_key(secrets.token_bytes(32))
 
@@ -81,73 +181,45 @@ class UsernameTurns:
 
     @contextmanager
     def hold(self, username):
-        """Hold the username's turn for the block; LoginQueueTimeout if it does not come in time."""
+        """Hold the username's turn for the block; TooManyAttempts if no place is free, LoginQueueTimeout if the
+        turn does not come in time."""
         deadline = time.monotonic() + self.timeout
         key = username.lower()
-        queue = self._enter(key, deadline)
+        fd = self._open(self.stripe(username))  # this thread's own open file: its place and, later, its turn
         try:
-            with self._host_turn(username, deadline):
-                yield
-        finally:
-            self._leave(key, queue)
-
-    def _enter(self, key, deadline):
-        with self._guard:
-            queue = self._queues.get(key) or self._queues.setdefault(key, _Queue())
-            queue.users += 1
-            if not queue.busy:
-                queue.busy = True
-                return queue
-            called = threading.Event()
-            queue.waiters.append(called)
-        if called.wait(max(0.0, deadline - time.monotonic())):
-            return queue
-        with self._guard:
-            if called.is_set():  # handed the turn just as the wait ran out: take it
-                return queue
-            queue.waiters.remove(called)
-            self._drop(key, queue)
-        raise LoginQueueTimeout("waited too long for another login of the same username in this process")
-
-    def _leave(self, key, queue):
-        with self._guard:
-            if queue.waiters:
-                queue.waiters.popleft().set()  # the turn passes straight to the next in line
-            else:
-                queue.busy = False
-            self._drop(key, queue)
-
-    def _drop(self, key, queue):
-        queue.users -= 1
-        if queue.users == 0:
-            del self._queues[key]
-
-    def waiting(self, username):
-        """How many threads of this process wait for the username's turn (the holder not counted)."""
-        with self._guard:
-            queue = self._queues.get(username.lower())
-            return len(queue.waiters) if queue else 0
-
-    @contextmanager
-    def _host_turn(self, username, deadline):
-        """The username's lock file, held against the other processes of the host; only a process's turn holder
-        waits here, so at most one thread per process polls."""
-        fd = self._open(self.stripe(username))
-        try:
-            pause = 0.001
-            while True:
+            # Place i is byte i + 1 of the lock file; the turn itself is the whole file's flock, another kind of lock.
+            if not any(_lock_byte(fd, 1 + place) for place in range(self.waiters + 1)):
+                raise _no_place("on this host")
+            queue = self._enter(key, deadline)
+            try:
+                self._host_turn(fd, deadline)
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    pass
-                if time.monotonic() >= deadline:
-                    raise LoginQueueTimeout("waited too long for a login of the same username in another process")
-                time.sleep(pause)
-                pause = min(pause * 2, 0.02)
-            yield
+                    yield
+                finally:
+                    os.pwrite(fd, _ENDED.pack(time.monotonic()), 0)
+                    fcntl.flock(fd, fcntl.LOCK_UN)  # before the next thread of this process is called in
+            finally:
+                self._leave(key, queue)
         finally:
-            os.close(fd)  # closing the descriptor releases the lock
+            os.close(fd)  # closing the file gives back the place (and any lock left)
+
+    def _host_turn(self, fd, deadline):
+        """The username's lock file, taken against the other processes of the host; only a process's turn holder
+        waits here, so at most one thread per process polls. Taken, it waits until the last grant settled."""
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pass
+            if time.monotonic() >= deadline:
+                raise LoginQueueTimeout("waited too long for a login of the same username in another process")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.005)
+        recorded = os.pread(fd, _ENDED.size, 0)
+        if len(recorded) == _ENDED.size:
+            time.sleep(max(0.0, _ENDED.unpack(recorded)[0] + SETTLE_SECONDS - time.monotonic()))
 
     def _open(self, path):
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
@@ -157,3 +229,69 @@ class UsernameTurns:
             self._ensure_directory()
             self._stripe_key(self._key)  # the key the running processes hash with, for those that start next
             return os.open(path, flags, 0o600)
+
+
+# KEYS[1]: the username's places; ARGV: how many places, seconds a place may live, the new place's token.
+# Redis's clock scores every place, so the hosts' clocks never matter.
+TAKE_PLACE = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], t + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) * 1000))
+return 1
+"""
+
+
+class SharedTurns(_Turns):
+    """One turn per username at a time across every host sharing the Redis of `store`; places counted there too.
+    A Redis that cannot be reached is StoreUnavailable: the rule is never skipped."""
+
+    def __init__(self, store, timeout, waiters=7, threads=None):
+        super().__init__(timeout, waiters, threads)
+        self.client = store.client
+        # The lock outlives the longest grant (connect and read, each up to `timeout`), then lapses on its own.
+        self.expiry = 2 * timeout + 1
+        self._take_place = self.client.register_script(TAKE_PLACE)
+
+    @contextmanager
+    def hold(self, username):
+        """Hold the username's turn for the block, as UsernameTurns.hold, across hosts."""
+        deadline = time.monotonic() + self.timeout
+        key = username.lower()
+        # Hashed: Redis learns no username, and a key's length does not depend on what a client sent.
+        name = hashlib.sha256(key.encode()).hexdigest()
+        places, token = f"edm-gateway:places:{name}", uuid.uuid4().hex
+        with translated("login places"):
+            taken = self._take_place(keys=[places], args=[self.waiters + 1, self.timeout + self.expiry, token])
+        if not taken:
+            raise _no_place("on the gateways sharing Redis")
+        try:
+            queue = self._enter(key, deadline)
+            try:
+                lock = self.client.lock(f"edm-gateway:turn:{name}", timeout=self.expiry, sleep=0.005,
+                                        blocking_timeout=max(0.0, deadline - time.monotonic()))
+                with translated("login turn"):
+                    if not lock.acquire():
+                        raise LoginQueueTimeout("waited too long for a login of the same username elsewhere")
+                try:
+                    yield
+                finally:
+                    # Not deleted: left to lapse once the grant settled in Keycloak, then the next one may begin.
+                    self._let_go("login turn", lambda: lock.extend(SETTLE_SECONDS, replace_ttl=True))
+            finally:
+                self._leave(key, queue)
+        finally:
+            self._let_go("login places", lambda: self.client.zrem(places, token))
+
+    @staticmethod
+    def _let_go(operation, release):
+        # The grant is done: a Redis that fails now must not change its answer, and the lock or place lapses anyway.
+        try:
+            with translated(operation):
+                release()
+        except StoreUnavailable as exc:
+            log.warning("could not release: %s (it lapses by itself)", exc.reason)

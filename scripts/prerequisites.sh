@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System tools the stack needs: Python 3.11+ with venv, Java 17+ (Keycloak 26), Maven (fetches Keycloak);
+# System tools the stack needs: Python 3.11+ with venv, Java 17+ (Keycloak 26), Maven (fetches Keycloak),
+# redis-server (the gateways' shared store);
 # with `test`, also docker-compose, the compose implementation that validates docker-compose.yml (no engine), and
 # Chromium, the browser that Playwright drives in the browser tests (Playwright's own download is not used).
 # Installs the missing ones with apt-get where that is possible, else says what to install.
@@ -14,6 +15,7 @@ missing=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if ! command -v java >/dev/null || [ "$(java_major)" -lt 17 ]; then missing+=(default-jre-headless); fi
 command -v mvn >/dev/null || missing+=(maven)
+command -v redis-server >/dev/null || missing+=(redis-server)
 if [ "${1:-}" = test ]; then
   command -v docker-compose >/dev/null || missing+=(docker-compose)
   command -v chromium >/dev/null || missing+=(chromium)

@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# `make test`: Keycloak (started if it is not running), the whole suite, Keycloak stopped again if this
-# script started it; exits with the suite's status.
+# `make test`: Keycloak and Redis (each started if it is not running), the whole suite, each stopped again if this
+# script started it; exits with the suite's status and says how long the suite took.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 started=no
+redis_started=no
 if ! scripts/keycloak.sh status >/dev/null 2>&1; then
   scripts/keycloak.sh start || exit 1
   started=yes
 fi
-echo "Keycloak $(scripts/keycloak.sh version) at http://localhost:8180/auth" >&2
+if ! scripts/redis.sh status >/dev/null 2>&1; then
+  scripts/redis.sh start || { [ "$started" = yes ] && scripts/keycloak.sh stop; exit 1; }
+  redis_started=yes
+fi
+echo "Keycloak $(scripts/keycloak.sh version) at http://localhost:8180/auth, Redis at $(scripts/redis.sh url)" >&2
 
-.venv/bin/python -m pytest "$@"
+began=$SECONDS
+TEST_REDIS_URL=${TEST_REDIS_URL:-$(scripts/redis.sh url)} .venv/bin/python -m pytest "$@"
 status=$?
+echo "the suite took $((SECONDS - began)) s" >&2
 
 [ "$started" = yes ] && scripts/keycloak.sh stop
+[ "$redis_started" = yes ] && scripts/redis.sh stop
 exit $status

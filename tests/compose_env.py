@@ -55,6 +55,9 @@ def _scalar(value):
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def gateway_environment(path=COMPOSE_FILE):
-    """The environment compose gives the gateway, with the dev defaults of `.env.example`."""
-    return service_environment("gateway", path)
+GATEWAY_REPLICAS = ("gateway-1", "gateway-2")
+
+
+def gateway_environment(path=COMPOSE_FILE, replica=GATEWAY_REPLICAS[0]):
+    """The environment compose gives a gateway replica, with the dev defaults of `.env.example`."""
+    return service_environment(replica, path)

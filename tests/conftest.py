@@ -6,9 +6,11 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -144,68 +146,11 @@ class HangingUpServer:
         self.socket.close()
 
 
-class Relay:
-    """A TCP relay from a loopback port to Keycloak. Stopped, whoever calls Keycloak through it finds it gone
-    (connections refused, open ones cut); started again, back: the fault of a stopped Keycloak, made without
-    stopping the Keycloak that the other tests use."""
-
-    def __init__(self, target=("127.0.0.1", 8180)):
-        self.target, self.port = target, free_port()
-        self.url = f"http://127.0.0.1:{self.port}/auth/"
-        self._open, self._listener = [], None
-        self.start()
-
-    def start(self):
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
-
-    def _accept(self, listener):
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # stopped
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            self._open += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(source, sink):
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, sink):
-                try:
-                    end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def stop(self):
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread in accept(); close() alone would not
-        except OSError:
-            pass
-        self._listener.close()
-        for connection in self._open:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            connection.close()
-        self._open.clear()
-
-
 @pytest.fixture
 def keycloak_relay():
-    relay = Relay()
+    """A TcpRelay to the shared Keycloak, started; its `url` is Keycloak's base URL through it."""
+    relay = TcpRelay(("127.0.0.1", 8180)).start()
+    relay.url = f"http://127.0.0.1:{relay.port}/auth/"
     yield relay
     relay.stop()
 
@@ -229,6 +174,10 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_terminal_summary(terminalreporter):
+    fuzzed = getattr(pytest, "fuzzed_requests", {})
+    if fuzzed:
+        kinds = "; ".join(f"{kind}: {count}" for kind, count in sorted(fuzzed.items()))
+        terminalreporter.write_line(f"fuzzing: {sum(fuzzed.values())} generated requests ({kinds})")
     ran = [r for key in ("passed", "failed", "error") for r in terminalreporter.stats.get(key, [])
            if r.when == "call" and "keycloak" in r.keywords]
     if ran:
@@ -335,14 +284,21 @@ class Gunicorn:
         self.url = f"http://127.0.0.1:{self.port}"
         command = [executable or os.path.join(os.path.dirname(sys.executable), "gunicorn"),
                    "-c", "python:gateway.gunicorn_conf", "--bind", f"127.0.0.1:{self.port}", *args]
+        # A file, not a pipe: a long test's access log would fill a pipe and stall gunicorn.
+        self.output = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **env},
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                        stdout=self.output, stderr=subprocess.STDOUT, text=True)
+
+    def log(self):
+        """What gunicorn and the gateway wrote so far."""
+        self.output.seek(0)
+        return self.output.read()
 
     def wait_ready(self, timeout=30):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"gunicorn exited: {self.process.stdout.read()}")
+                raise AssertionError(f"gunicorn exited: {self.log()}")
             try:
                 requests.get(self.url + "/healthz", timeout=2)
                 return self
@@ -354,12 +310,138 @@ class Gunicorn:
         """Stop it; its output (every line it logged), also kept for the suite-wide secrets check."""
         self.process.terminate()
         try:
-            output = self.process.communicate(timeout=15)[0]
+            self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            output = self.process.communicate()[0]
+            self.process.wait()
+        output = self.log()
         LOGGED.extend(output.splitlines())
         return output
+
+
+class TcpRelay:
+    """A test-owned TCP relay on a loopback port, forwarding to `target` (the shared Keycloak): stopping it makes
+    "Keycloak stopped" real for a gateway that calls Keycloak through it (connections refused, those open cut)
+    without touching the Keycloak other tests and engineers use; starting it again on the same port is "Keycloak
+    back"."""
+
+    def __init__(self, target):
+        self.target = target
+        self.port = free_port()
+        self.listener = None
+        self._connections = set()
+        self._lock = threading.Lock()
+
+    def start(self):
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(128)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def _accept(self, listener):
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed by stop()
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._connections.update((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def stop(self):
+        """Refuse new connections and cut the open ones, as a stopped server does."""
+        # shutdown, not only close: a close leaves the socket listening while the accept thread is blocked in it.
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            connection.close()
+
+
+class RedisServer:
+    """A private `redis-server` (Debian's) on a free loopback port, with nothing kept on disk: start, stop and
+    start again on the same port to make a Redis outage real. Never the stack's own Redis."""
+
+    def __init__(self, directory):
+        self.directory = str(directory)
+        os.makedirs(self.directory, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = None
+
+    def start(self):
+        executable = shutil.which("redis-server")
+        if executable is None:
+            pytest.fail("redis-server (Debian package redis-server) is not installed; run `make test`, which "
+                        "installs it", pytrace=False)
+        self.process = subprocess.Popen(
+            [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.directory, "--logfile", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.02)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self):
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def flush(self):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            s.sendall(b"FLUSHALL\r\n")
+            assert s.recv(16).startswith(b"+OK")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One private Redis for the run's tests that only need one; emptied before each test that uses it."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    redis_server.flush()
+    return redis_server.url
 
 
 class Signer:

@@ -15,7 +15,14 @@ import threading
 import pytest
 
 from gateway.config import VARIABLES, load_settings
-from tests.compose_env import COMPOSE_FILE, compose_file, gateway_environment, references, resolve_defaults
+from tests.compose_env import (
+    COMPOSE_FILE,
+    GATEWAY_REPLICAS,
+    compose_file,
+    gateway_environment,
+    references,
+    resolve_defaults,
+)
 from tests.conftest import DEV_SECRET, ISSUER, KEYCLOAK_VERSION, ROOT, free_port
 
 try:
@@ -141,7 +148,8 @@ def test_one_client_secret_reaches_both_keycloak_and_the_gateway(services):
     assert client["secret"] == "${KEYCLOAK_CLIENT_SECRET:" + DEV_SECRET + "}"
     expected = "${KEYCLOAK_CLIENT_SECRET:-" + DEV_SECRET + "}"
     assert services["keycloak"]["environment"]["KEYCLOAK_CLIENT_SECRET"] == expected
-    assert services["gateway"]["environment"]["KEYCLOAK_CLIENT_SECRET"] == expected
+    for replica in GATEWAY_REPLICAS:
+        assert services[replica]["environment"]["KEYCLOAK_CLIENT_SECRET"] == expected
     assert gateway_environment()["KEYCLOAK_CLIENT_SECRET"] == DEV_SECRET
 
 
@@ -160,11 +168,13 @@ def test_ports_are_published_on_loopback_only(services):
         for host_ip, _, _ in ports:
             assert host_ip == "127.0.0.1", f"{name} publishes a port beyond loopback: {services[name]['ports']}"
         assert "network_mode" not in services[name]
-    assert published == {"postgres": [], "keycloak": [("127.0.0.1", "8180", "8180")],
-                         "gateway": [("127.0.0.1", "8000", "8000")]}
+    assert published == {"postgres": [], "keycloak": [("127.0.0.1", "8180", "8180")], "redis": [],
+                         "gateway-1": [], "gateway-2": [], "proxy": [("127.0.0.1", "8000", "8000")]}
 
 
-@pytest.mark.parametrize("service, dependency", [("gateway", "keycloak"), ("keycloak", "postgres")])
+@pytest.mark.parametrize("service, dependency", [
+    ("gateway-1", "keycloak"), ("gateway-2", "keycloak"), ("gateway-1", "redis"), ("gateway-2", "redis"),
+    ("proxy", "gateway-1"), ("proxy", "gateway-2"), ("keycloak", "postgres")])
 def test_start_waits_for_healthy_dependencies(services, service, dependency):
     depends_on = services[service]["depends_on"]
     assert isinstance(depends_on, dict), "the short list form of depends_on waits for nothing"
@@ -240,7 +250,9 @@ def run_health_check(test, address, port):
 
 @pytest.mark.parametrize("service, path, address", [
     ("keycloak", "/auth/health/ready", "127.0.0.1/9000"),
-    ("gateway", "/healthz", "127.0.0.1:8000"),
+    ("gateway-1", "/healthz", "127.0.0.1:8000"),
+    ("gateway-2", "/healthz", "127.0.0.1:8000"),
+    ("proxy", "/healthz", "127.0.0.1:8000"),
 ])
 def test_health_checks_pass_on_200_only(services, health_server, service, path, address):
     test = services[service]["healthcheck"]["test"]
@@ -254,6 +266,67 @@ def test_keycloak_health_check_needs_no_curl(services):
     test = " ".join(services["keycloak"]["healthcheck"]["test"])
     assert "/dev/tcp/" in test
     assert "curl" not in test and "wget" not in test
+
+
+def test_the_gateway_replicas_are_configured_alike_and_share_one_redis_behind_one_trusted_proxy(services):
+    first, second = (gateway_environment(replica=replica) for replica in GATEWAY_REPLICAS)
+    assert first == second
+    assert services[GATEWAY_REPLICAS[0]] == services[GATEWAY_REPLICAS[1]]
+    settings = load_settings(environ=first)
+    assert settings.redis_url == "redis://redis:6379/0"
+    assert settings.trusted_proxies == 1  # nginx, and nothing else, stands between the clients and the gateways
+    assert (settings.limit_per_username, settings.limit_per_address) == ("10/minute", "100/minute")
+
+
+def test_redis_is_a_pinned_official_image_that_keeps_nothing_on_disk(services):
+    redis = services["redis"]
+    assert re.fullmatch(r"redis:\d+\.\d+(\.\d+)?", redis["image"]), "pin the redis image to major.minor"
+    assert redis["command"] == ["redis-server", "--save", "", "--appendonly", "no"]
+    assert "volumes" not in redis and "ports" not in redis
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+
+
+NGINX_CONF = ROOT / "nginx" / "gateway.conf"
+
+
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory):
+    """nginx/gateway.conf parsed and checked (directives, their places and arguments) by crossplane, inside the
+    `http` block where the official image's nginx.conf includes conf.d/default.conf."""
+    import crossplane
+
+    main = tmp_path_factory.mktemp("nginx") / "nginx.conf"
+    main.write_text(f"events {{}}\nhttp {{\n    include {NGINX_CONF};\n}}\n")
+    parsed = crossplane.parse(str(main), strict=True, check_ctx=True, check_args=True)
+    assert (parsed["status"], parsed["errors"]) == ("ok", [])
+    return next(c["parsed"] for c in parsed["config"] if c["file"] == str(NGINX_CONF))
+
+
+def directives(block, name):
+    return [d for d in block if d["directive"] == name]
+
+
+def test_nginx_is_a_pinned_official_image_serving_the_repositorys_configuration(services):
+    proxy = services["proxy"]
+    assert re.fullmatch(r"nginx:\d+\.\d+(\.\d+)?", proxy["image"]), "pin the nginx image to major.minor"
+    source, target, mode = proxy["volumes"][0].split(":")
+    assert (ROOT / source).resolve() == NGINX_CONF and target == "/etc/nginx/conf.d/default.conf" and mode == "ro"
+
+
+def test_nginx_sends_to_both_replicas_and_sets_the_forwarded_for_itself(nginx):
+    (upstream,) = directives(nginx, "upstream")
+    servers = [d["args"][0] for d in directives(upstream["block"], "server")]
+    assert servers == [f"{replica}:8000" for replica in GATEWAY_REPLICAS]
+    (server,) = directives(nginx, "server")
+    assert directives(server["block"], "listen")[0]["args"] == ["8000"]  # the port compose publishes
+    (location,) = directives(server["block"], "location")
+    headers = {tuple(d["args"][:1]): d["args"][1] for d in directives(location["block"], "proxy_set_header")}
+    # The client's own X-Forwarded-For is replaced, not appended to: it cannot choose the address it is counted as.
+    assert headers[("X-Forwarded-For",)] == "$remote_addr"
+    assert directives(location["block"], "proxy_pass")[0]["args"] == ["http://gateways"]
+    # A POST (a login) is never sent a second time to the other replica.
+    retry = directives(location["block"], "proxy_next_upstream")[0]["args"]
+    assert "non_idempotent" not in retry
 
 
 @pytest.fixture(scope="module")

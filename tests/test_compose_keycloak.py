@@ -1,6 +1,7 @@
 """The gateway configured exactly as docker-compose.yml configures it, run against the local stack: the compose
-configuration is exercised even where compose cannot run. Only the network name `keycloak` becomes this host,
-which keeps the URL the gateway calls different from the public one in the tokens' issuer."""
+configuration is exercised even where compose cannot run. Only the network names change: `keycloak` becomes this
+host, which keeps the URL the gateway calls different from the public one in the tokens' issuer, and `redis` a
+private Redis of the test."""
 
 import json
 
@@ -13,10 +14,12 @@ from tests.conftest import ISSUER, LIVE_URL, Gunicorn
 
 
 @pytest.fixture
-def compose_gateway(kc):
+def compose_gateway(kc, redis_url):
     env = gateway_environment()
     assert env["KEYCLOAK_URL"] == "http://keycloak:8180/auth/"
     env["KEYCLOAK_URL"] = "http://127.0.0.1:8180/auth/"
+    assert env["GATEWAY_REDIS_URL"] == "redis://redis:6379/0"
+    env["GATEWAY_REDIS_URL"] = redis_url
     assert env["KEYCLOAK_URL"] != env["KEYCLOAK_PUBLIC_URL"] == "http://localhost:8180/auth/"
     server = Gunicorn(env).wait_ready()
     yield server

@@ -52,6 +52,18 @@ def test_trailing_slash_is_added_and_public_url_sets_the_issuer():
     ({**BASE, "REQUESTS_CA_BUNDLE": "/nonexistent"}, "REQUESTS_CA_BUNDLE"),
     ({**BASE, "CURL_CA_BUNDLE": "/etc/hostname"}, "CURL_CA_BUNDLE"),
     ({**BASE, "TMPDIR": "relative/dir"}, "TMPDIR"),
+    ({**BASE, "GATEWAY_LIMIT_PER_USERNAME": "10"}, "GATEWAY_LIMIT_PER_USERNAME"),
+    ({**BASE, "GATEWAY_LIMIT_PER_USERNAME": "0/minute"}, "GATEWAY_LIMIT_PER_USERNAME"),
+    ({**BASE, "GATEWAY_LIMIT_PER_ADDRESS": "100/fortnight"}, "GATEWAY_LIMIT_PER_ADDRESS"),
+    ({**BASE, "GATEWAY_LIMIT_PER_ADDRESS": "none"}, "GATEWAY_LIMIT_PER_ADDRESS"),
+    ({**BASE, "GATEWAY_LOGIN_WAITERS": "-1"}, "GATEWAY_LOGIN_WAITERS"),
+    ({**BASE, "GATEWAY_TRUSTED_PROXIES": "yes"}, "GATEWAY_TRUSTED_PROXIES"),
+    ({**BASE, "GATEWAY_TRUSTED_PROXIES": "11"}, "GATEWAY_TRUSTED_PROXIES"),
+    ({**BASE, "GATEWAY_HIDE_ACCOUNT_STATE": "sometimes"}, "GATEWAY_HIDE_ACCOUNT_STATE"),
+    ({**BASE, "GATEWAY_REDIS_URL": "127.0.0.1:6379"}, "GATEWAY_REDIS_URL"),
+    ({**BASE, "GATEWAY_REDIS_URL": "http://127.0.0.1:6379/0"}, "GATEWAY_REDIS_URL"),
+    ({**BASE, "GATEWAY_REDIS_URL": "redis://127.0.0.1:99999/0"}, "GATEWAY_REDIS_URL"),
+    ({**BASE, "GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/zero"}, "GATEWAY_REDIS_URL"),
 ])
 def test_bad_setting_names_the_variable(environ, variable):
     with pytest.raises(ConfigError, match=variable):
@@ -86,6 +98,23 @@ def test_gunicorn_refuses_to_start_and_names_the_variable(environ, message, comm
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert time.monotonic() - started < 10
+
+
+def test_abuse_control_defaults_and_off():
+    s = load_settings(environ=BASE)
+    assert (s.limit_per_username, s.limit_per_address, s.login_waiters, s.trusted_proxies, s.hide_account_state,
+            s.redis_url) == ("10/minute", "100/minute", 7, 0, False, "")
+    s = load_settings(environ={**BASE, "GATEWAY_LIMIT_PER_USERNAME": "OFF",
+                               "GATEWAY_LIMIT_PER_ADDRESS": "5 per 10 seconds;50/hour"})
+    assert (s.limit_per_username, s.limit_per_address) == ("", "5 per 10 seconds;50/hour")
+
+
+def test_a_redis_password_stays_out_of_the_repr_and_of_the_error():
+    s = load_settings(environ={**BASE, "GATEWAY_REDIS_URL": "redis://:redis-pass-9@cache:6379/2"})
+    assert s.redis_url == "redis://:redis-pass-9@cache:6379/2" and "redis-pass-9" not in repr(s)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={**BASE, "GATEWAY_REDIS_URL": "redis://user:redis-pass-9@cache:6379/x"})
+    assert "redis-pass-9" not in str(refused.value) and "GATEWAY_REDIS_URL" in str(refused.value)
 
 
 def test_the_client_secret_is_not_in_the_settings_repr():

@@ -24,9 +24,11 @@ GATEWAY_ERRORS = [
     (errors.MissingAccessToken, 401, "code=401, message=missing access token"),
     (errors.InvalidAccessToken, 401, "code=401, message=access token is invalid or expired"),
     (errors.ExpiredAccessToken, 401, "code=401, message=access token is invalid or expired"),
+    (errors.TooManyAttempts, 429, "code=429, message=too many login attempts"),
     (errors.LoginQueueTimeout, 504, "code=504, message=authentication service timed out"),
     (errors.UpstreamError, 500, "code=500, message=internal server error"),
     (errors.UpstreamUnavailable, 503, "code=503, message=authentication service unavailable"),
+    (errors.StoreUnavailable, 503, "code=503, message=authentication service unavailable"),
     (errors.UpstreamTimeout, 504, "code=504, message=authentication service timed out"),
     (errors.UpstreamBadResponse, 502, "code=502, message=authentication service error"),
 ]

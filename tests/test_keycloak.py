@@ -186,6 +186,13 @@ def test_refresh_refusals(client, upstream, description, status, body):
     assert (response.status_code, response.json) == (status, body)
 
 
+@pytest.mark.parametrize("path, url", [("/api/refresh", TOKEN), ("/api/logout", LOGOUT)])
+def test_an_overlong_token_is_refused_as_invalid_request(client, upstream, path, url):
+    """Keycloak drops a form parameter over 4,000 characters and answers as if no token had been sent."""
+    upstream.post(url, status=400, json={"error": "invalid_request", "error_description": "No refresh token"})
+    assert (client.post(path, json={"refreshToken": "r-old"}).json) == TOKEN_INVALID
+
+
 @pytest.mark.parametrize("answer, status, body", [
     ({"status": 401, "json": {"error": "unauthorized_client"}}, 502, "code=502, message=authentication service error"),
     ({"body": requests.ConnectionError("refused")}, 503, "code=503, message=authentication service unavailable"),

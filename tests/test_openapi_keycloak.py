@@ -105,6 +105,21 @@ def test_simplejwt_answers(call, kc):
         "detail": "Token has wrong type", "code": "token_not_valid"}
 
 
+def test_rate_limit_and_redis_answers(call, kc):
+    limited = create_app(live_config(GATEWAY_LIMIT_PER_ADDRESS="1/minute")).test_client()
+    for path, body in (("/api/login", {"username": "nosuchuser42", "password": "password123"}),
+                       ("/api/refresh", {"refreshToken": "r"}), ("/api/logout", {"refreshToken": "r"}),
+                       ("/users/login/", {"username": "nosuchuser42", "password": "p"}),
+                       ("/users/refresh/", {"refresh": "r"}), ("/users/verify/", {"token": "t"})):
+        statuses = [call("POST", path, client=limited, json=body).status_code for _ in range(2)]
+        assert statuses[-1] == 429
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    no_redis = create_app(live_config(GATEWAY_REDIS_URL=dead)).test_client()
+    assert login(call, "ahmadakbar", "password", client=no_redis).json == (
+        "code=503, message=authentication service unavailable")
+    assert call("GET", "/readyz", client=no_redis).json == "code=503, message=redis unavailable"
+
+
 def test_operations_answers(call, kc):
     assert call("GET", "/healthz").status_code == 200
     assert call("GET", "/readyz").status_code == 200

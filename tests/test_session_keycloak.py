@@ -228,3 +228,13 @@ def test_a_key_removed_from_the_realm_stops_verifying_within_the_maximum_age(kc,
     assert answer(client.get("/api/me", headers=me)) == (401, INVALID_ACCESS)
     fresh = login(client, user)["accessToken"]  # the realm's own key signs again, and verifies
     assert answer(client.get("/api/me", headers={"Authorization": f"Bearer {fresh}"}))[0] == 200
+
+
+@pytest.mark.parametrize("path, body, expected", [
+    ("/api/refresh", "refreshToken", (401, INVALID_REFRESH)),
+    ("/api/logout", "refreshToken", (401, INVALID_REFRESH)),
+    ("/users/refresh/", "refresh", (401, {"detail": "Token is invalid", "code": "token_not_valid"})),
+])
+def test_a_token_over_4000_characters(live_client, kc, path, body, expected):
+    """Keycloak drops such a form parameter (found by schemathesis: it was a 502)."""
+    assert answer(live_client.post(path, json={body: "0" * 5000})) == expected

@@ -1,0 +1,157 @@
+"""Rate limits (Flask-Limiter) and the client address they count by.
+
+- Both login endpoints share two limits: per client address, where every attempt counts, and per username, where
+  only failed attempts count (letter case ignored, the username read from a payload that passed validation; a
+  payload that fails it counts per address only). Sharing them means alternating `/api/login` and
+  `/users/login/` gains an attacker nothing.
+- Every other POST endpoint has the per-address limit, each endpoint its own count. GETs (`/api/me`, `/healthz`,
+  `/readyz`, `/metrics`) are never limited.
+- Strategy: moving window. It counts exactly the attempts of the last period, so there is no window edge at which
+  twice the limit gets through, and the `Retry-After` it gives is exact: when the oldest counted attempt leaves the
+  window. Its cost, one timestamp kept per counted attempt, is bounded by the limit itself.
+- Counts live in Redis with `GATEWAY_REDIS_URL` (all processes of all hosts), else in each worker process.
+  A store that fails refuses the request with the 503 string; Flask-Limiter's `swallow_errors` stays off, so a
+  limit is never skipped.
+- The client address is the socket peer, or with `GATEWAY_TRUSTED_PROXIES=N` what the N-th proxy from the gateway
+  saw (werkzeug's ProxyFix); an IPv6 client counts by its /64, the block one subscriber usually holds.
+"""
+
+import hashlib
+import ipaddress
+import logging
+import math
+import time
+
+from flask import g, request
+from flask_limiter import Limit, Limiter
+from limits.errors import StorageError
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from gateway.errors import (
+    GatewayError,
+    StoreUnavailable,
+    TooManyAttempts,
+    handle_gateway_error,
+    handle_http_error,
+)
+from gateway.schemas import LoginSchema, TokenObtainSchema, drf_request_data, request_fields
+
+log = logging.getLogger(__name__)
+
+# The login endpoints, and the HTTP status of their answer to a credential or account-state failure.
+LOGIN_ENDPOINTS = {"api.login": 400, "simplejwt.login": 401}
+LOGIN_SCOPE = "login"
+# What a limit's key function returns when the request gives no value: an empty key would skip the limit.
+UNKNOWN = "unknown"
+
+_login_schema = LoginSchema()
+_obtain_schema = TokenObtainSchema()
+
+
+def client_address():
+    """The key of the per-address limit: the client's address (its /64 for IPv6)."""
+    address = request.remote_addr or UNKNOWN
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return f"address:{address}"
+    if ip.version == 6:
+        if ip.ipv4_mapped:
+            return f"address:{ip.ipv4_mapped}"
+        return f"address:{ipaddress.ip_network(f'{ip}/64', strict=False)}"
+    return f"address:{ip}"
+
+
+def login_username():
+    """The username of a login whose payload is valid, else None; read once per request."""
+    if "login_username" not in g:
+        g.login_username = _valid_username()
+    return g.login_username
+
+
+def _valid_username():
+    try:
+        if request.endpoint == "api.login":
+            return _login_schema.load(request_fields())["username"]
+        if request.endpoint == "simplejwt.login":
+            data = drf_request_data()
+            return _obtain_schema.load(data)["username"] if isinstance(data, dict) else None
+    except (ValidationError, GatewayError, HTTPException):  # the view itself answers these
+        return None
+    return None
+
+
+def username_key():
+    """The key of the per-username limit: the username, letter case ignored, hashed (no usernames in Redis)."""
+    username = login_username() or UNKNOWN
+    return "username:" + hashlib.sha256(username.lower().encode()).hexdigest()
+
+
+def _address_scope(endpoint):
+    return LOGIN_SCOPE if endpoint in LOGIN_ENDPOINTS else endpoint
+
+
+def _login_failed(response):
+    return response.status_code == LOGIN_ENDPOINTS.get(request.endpoint)
+
+
+def _refuse(limit):
+    """Flask-Limiter's breach callback: the gateway's own 429, with the seconds until the window lets one through."""
+    reset_at, _ = limit.window
+    kind = "per-username" if "/username:" in limit.key else "per-address"
+    raise TooManyAttempts(f"{kind} rate limit {limit.limit} reached",
+                          retry_after=math.ceil(reset_at - time.time()))
+
+
+def _store_failed(error):
+    cause = error.storage_error
+    return handle_gateway_error(StoreUnavailable(f"redis rate limits: {type(cause).__name__}: {cause}"))
+
+
+def _failed_after_the_view(error):
+    # Flask-Limiter charges a failed login after its answer is made; if Redis fails just then, Flask reports a 500
+    # carrying the store's error: it is the store's 503 like any other.
+    if isinstance(error.original_exception, StorageError):
+        return _store_failed(error.original_exception)
+    return handle_http_error(error)
+
+
+def init_app(app, settings, store):
+    """Install the limits and the client address; call last, so the limits run after every other before-request
+    hook."""
+    if settings.trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=0, x_host=0, x_port=0,
+                                x_prefix=0)
+    options = {"wrap_exceptions": True}
+    if store is not None:
+        options["connection_pool"] = store.pool
+    limiter = Limiter(
+        key_func=client_address,
+        default_limits=[
+            Limit(settings.limit_per_address, key_function=client_address, scope=_address_scope, shared=True,
+                  methods=["POST"]),
+            Limit(settings.limit_per_username, key_function=username_key, scope=LOGIN_SCOPE, shared=True,
+                  methods=["POST"], exempt_when=lambda: login_username() is None, deduct_when=_login_failed),
+        ],
+        strategy="moving-window",
+        storage_uri=settings.redis_url if store is not None else "memory://",
+        storage_options=options,
+        key_prefix="edm-gateway",
+        swallow_errors=False,  # a limit that cannot be checked refuses the request; it is never skipped
+        headers_enabled=False,  # Retry-After goes on refusals only
+        on_breach=_refuse,
+    )
+    limiter.init_app(app)
+    app.extensions["limits"] = limiter
+    app.register_error_handler(StorageError, _store_failed)
+    app.register_error_handler(InternalServerError, _failed_after_the_view)
+
+
+def per_process_warning(settings):
+    """The warning due at start when rate limits are counted per worker process, or None."""
+    if settings.redis_url or settings.workers < 2 or not (settings.limit_per_address or settings.limit_per_username):
+        return None
+    return (f"rate limits are counted per worker process without GATEWAY_REDIS_URL: with {settings.workers} "
+            "workers a client may get up to that many times each limit through")
