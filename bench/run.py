@@ -101,6 +101,7 @@ class Bench:
         else:
             self.realm.end_sessions(users)
         per_connection = self.requests.build(group, variant)
+        time.sleep(self.args.settle)  # and the asynchronous work the preparation started (sessions ended...)
         app = self.apps.get(variant)
         url = app.url if app else self.keycloak_base
         figures = measure.phase(url, per_connection, seconds, group.expect[variant], app, self.keycloak_pid)
