@@ -89,6 +89,7 @@ class Bench:
         self.args, self.realm, self.apps, self.keycloak_pid, self.groups = args, realm, apps, keycloak_pid, groups
         split = urlsplit(args.keycloak_url)
         self.keycloak_base = f"{split.scheme}://{split.netloc}"
+        self.keycloak_port = split.port or 80
         self.requests = phases.Requests(realm, realm.users, split.path.rstrip("/") + realm.token_path, groups,
                                         args.wrong_password_users)
 
@@ -104,7 +105,8 @@ class Bench:
         time.sleep(self.args.settle)  # and the asynchronous work the preparation started (sessions ended...)
         app = self.apps.get(variant)
         url = app.url if app else self.keycloak_base
-        figures = measure.phase(url, per_connection, seconds, group.expect[variant], app, self.keycloak_pid)
+        figures = measure.phase(url, per_connection, seconds, group.expect[variant], app, self.keycloak_pid,
+                                self.keycloak_port)
         return {"group": group.name, "kind": group.kind, "concurrency": group.concurrency, "variant": variant,
                 **figures}
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System tools the stack needs: Python 3.11+ with venv, Java 17+ (Keycloak 26), Maven (fetches Keycloak);
 # with `test`, also docker-compose, the compose implementation that validates docker-compose.yml (no engine),
-# and wrk (the bench's smoke check); with `bench`, wrk, the load generator of `make bench`.
+# and wrk and ss (iproute2) for the bench's smoke check; with `bench`, the same two, which `make bench` uses.
 # Installs the missing ones with apt-get where that is possible, else says what to install.
 #   scripts/prerequisites.sh [test|bench]
 set -euo pipefail
@@ -15,7 +15,10 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if ! command -v java >/dev/null || [ "$(java_major)" -lt 17 ]; then missing+=(default-jre-headless); fi
 command -v mvn >/dev/null || missing+=(maven)
 if [ "${1:-}" = test ]; then command -v docker-compose >/dev/null || missing+=(docker-compose); fi
-if [ "${1:-}" = test ] || [ "${1:-}" = bench ]; then command -v wrk >/dev/null || missing+=(wrk); fi
+if [ "${1:-}" = test ] || [ "${1:-}" = bench ]; then
+  command -v wrk >/dev/null || missing+=(wrk)
+  command -v ss >/dev/null || missing+=(iproute2)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
