@@ -24,9 +24,16 @@ def create_app():
     # One pool per worker process (the app is built after the fork), as large as its thread count.
     http = urllib3.PoolManager(maxsize=int(os.environ.get("GATEWAY_THREADS") or 8),
                                timeout=urllib3.Timeout(connect=5, read=5), retries=False)
-    certs = json.loads(http.request("GET", f"{issuer}/protocol/openid-connect/certs").data)
-    keys = {k["kid"]: jwt.PyJWK(k) for k in certs["keys"] if k.get("use") == "sig" and k.get("alg") == "RS256"}
     token_url = f"{issuer}/protocol/openid-connect/token"
+    keys = {}
+
+    def key(kid):
+        """The realm's signing key `kid`; the keys fetched again when a token names one not seen yet."""
+        if kid not in keys:
+            certs = json.loads(http.request("GET", f"{issuer}/protocol/openid-connect/certs").data)
+            keys.update({k["kid"]: jwt.PyJWK(k) for k in certs["keys"]
+                         if k.get("use") == "sig" and k.get("alg") == "RS256"})
+        return keys[kid]
 
     app = Flask(__name__)
     app.json.sort_keys = False
@@ -40,7 +47,7 @@ def create_app():
             return {"status": 401, "message": "refresh refused"}, 401
         tokens = json.loads(answer.data)
         access = tokens["access_token"]
-        claims = jwt.decode(access, keys[jwt.get_unverified_header(access)["kid"]], algorithms=["RS256"],
+        claims = jwt.decode(access, key(jwt.get_unverified_header(access)["kid"]), algorithms=["RS256"],
                             issuer=issuer, leeway=LEEWAY_SECONDS,
                             options={"require": ["exp", "iss", "sub"], "verify_aud": False})
         if claims.get("azp") != client_id or claims.get("typ") != "Bearer":

@@ -58,6 +58,15 @@ def _git(*args):
     return answer.stdout.strip() if answer.returncode == 0 else None
 
 
+def java_version(pid):
+    """The version of the JVM running as `pid` (its own binary asked), or None."""
+    if not pid:
+        return None
+    answer = subprocess.run([f"/proc/{pid}/exe", "-version"], capture_output=True, text=True)
+    lines = answer.stderr.splitlines()
+    return lines[0] if answer.returncode == 0 and lines else None
+
+
 def describe(args, realm, keycloak_pid, settings):
     """Machine, versions and settings of this run."""
     with open("/proc/meminfo") as meminfo:
@@ -72,7 +81,7 @@ def describe(args, realm, keycloak_pid, settings):
         "machine": {"cores": os.cpu_count(), "cpu": model, "memory_gib": round(memory_kib / 2**20, 1),
                     "kernel": platform.release(), "load_average": os.getloadavg()},
         "versions": {"python": platform.python_version(), **{p: metadata.version(p) for p in PACKAGES},
-                     "keycloak": keycloak.get("version"), "java": keycloak.get("javaVersion"), "wrk": wrk.version()},
+                     "keycloak": keycloak.get("version"), "java": java_version(keycloak_pid), "wrk": wrk.version()},
         "git": {"head": _git("rev-parse", "--short", "HEAD"),
                 "gateway_last_changed": _git("log", "-1", "--format=%h", "--", *code),
                 "gateway_dirty": bool(_git("status", "--porcelain", "--", *code))},

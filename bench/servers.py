@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APPS = {"gateway": "gateway:create_app()", "floor": "bench.floor:create_app()", "bare": "bench.bare:create_app()"}
 # The server settings the bench lets through from its own environment; everything else it sets itself.
 PASSED_THROUGH = ("GATEWAY_WORKERS", "GATEWAY_THREADS")
-GUNICORN_SETTINGS = ("bind", "worker_class", "workers", "threads", "keepalive", "timeout", "accesslog", "errorlog")
+GUNICORN_SETTINGS = ("worker_class", "workers", "threads", "keepalive", "timeout", "accesslog", "errorlog")
 
 
 def free_port():
