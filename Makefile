@@ -1,10 +1,11 @@
-# The two commands: `make run` and `make test`. Both install what is missing first.
+# The two commands: `make run` and `make test`. Both install what is missing first; so does `make bench`.
 SHELL := bash
 PYTHON ?= python3
+BENCH_ARGS ?=
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install prerequisites keycloak keycloak-stop keycloak-reset redis redis-stop run test
+.PHONY: install prerequisites keycloak keycloak-stop keycloak-reset redis redis-stop run test bench
 
 $(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +18,7 @@ install: prerequisites $(STAMP)
 	@scripts/keycloak.sh fetch
 
 prerequisites:
-	@scripts/prerequisites.sh $(if $(filter test,$(MAKECMDGOALS)),test)
+	@scripts/prerequisites.sh $(if $(filter test,$(MAKECMDGOALS)),test,$(if $(filter bench,$(MAKECMDGOALS)),bench))
 
 ## keycloak: start Keycloak in the background with the edm realm; returns once ready, harmless when running
 keycloak: install
@@ -46,3 +47,7 @@ run: install
 ## test: the whole suite against the real Keycloak and a Redis (started for the run, stopped after if they were not running)
 test: install
 	@scripts/test.sh
+
+## bench: the gateway beside direct Keycloak and its reference apps, with wrk (about 15 min; BENCH_ARGS="--quick" for a smoke run)
+bench: install
+	@scripts/bench.sh $(BENCH_ARGS)

@@ -25,7 +25,6 @@ import time
 from flask import g, request
 from flask_limiter import Limit, Limiter
 from limits.errors import StorageError
-from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -36,7 +35,7 @@ from gateway.errors import (
     handle_gateway_error,
     handle_http_error,
 )
-from gateway.schemas import LoginSchema, TokenObtainSchema, drf_request_data, request_fields
+from gateway.schemas import LoginSchema, TokenObtainSchema, load, load_drf
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +73,10 @@ def login_username():
 def _valid_username():
     try:
         if request.endpoint == "api.login":
-            return _login_schema.load(request_fields())["username"]
+            return load(_login_schema)["username"]
         if request.endpoint == "simplejwt.login":
-            data = drf_request_data()
-            return _obtain_schema.load(data)["username"] if isinstance(data, dict) else None
-    except (ValidationError, GatewayError, HTTPException):  # the view itself answers these
+            return load_drf(_obtain_schema)["username"]
+    except (GatewayError, HTTPException):  # the view itself answers these, from the same outcome
         return None
     return None
 
@@ -143,6 +141,8 @@ def init_app(app, settings, store):
         headers_enabled=False,  # Retry-After goes on refusals only
         on_breach=_refuse,
     )
+    # Every limit is a POST's: other requests leave before Flask-Limiter resolves (and re-parses) any limit.
+    limiter.request_filter(lambda: request.method != "POST")
     limiter.init_app(app)
     app.extensions["limits"] = limiter
     app.register_error_handler(StorageError, _store_failed)

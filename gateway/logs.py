@@ -8,12 +8,13 @@ that matters most here, that no secret is ever written, is enforced in this one 
   secret) are replaced wherever they appear, in messages, fields and tracebacks alike.
 """
 
+import functools
 import json
 import logging
 import re
 import sys
 import threading
-from datetime import datetime, timezone
+import time
 
 from flask import g, has_request_context
 
@@ -30,6 +31,27 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, No
 
 _secrets = set()
 _secrets_lock = threading.Lock()
+_encode = json.JSONEncoder(default=str).encode
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_secret_field(name):
+    return bool(SECRET_FIELDS.search(name))
+
+
+_second = (None, "")  # the last whole second formatted and its text (lines come many to a second); one tuple,
+# replaced whole, so that a thread never reads one second with another's text
+
+
+def _utc_time(created):
+    """ISO 8601 in UTC with milliseconds, e.g. 2026-11-25T20:58:34.778+00:00."""
+    global _second
+    whole = int(created)
+    second, text = _second
+    if second != whole:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = (whole, text)
+    return f"{text}.{int((created - whole) * 1000):03d}+00:00"
 
 
 def register_secret(value):
@@ -45,18 +67,18 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record):
         line = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": _utc_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
             "pid": record.process,
         }
-        for name, value in vars(record).items():
-            if name not in _RECORD_ATTRIBUTES and not name.startswith("_"):
-                line[name] = REDACTED if SECRET_FIELDS.search(name) else value
+        for name, value in record.__dict__.items():
+            if name not in _RECORD_ATTRIBUTES and name[0] != "_":
+                line[name] = REDACTED if _is_secret_field(name) else value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps({name: self.clean(value) for name, value in line.items()}, default=str)
+        return _encode({name: self.clean(value) for name, value in line.items()})
 
     @staticmethod
     def clean(value):

@@ -2,12 +2,14 @@
 (Django REST Framework's parsers and `CharField`)."""
 
 import codecs
+import functools
 import json
 
 from flask import g, request
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from gateway.errors import (
+    GatewayError,
     FieldErrors,
     InvalidAccessToken,
     MalformedBody,
@@ -62,6 +64,28 @@ def request_fields():
     return None
 
 
+def once_per_request(loader):
+    """A payload loader that runs at most once per request and schema class, its outcome (the payload or the
+    error) remembered: the rate limits read the username from the very payload the view then uses."""
+
+    @functools.wraps(loader)
+    def load_once(schema):
+        outcomes = g.setdefault("payload_outcomes", {})
+        key = (loader.__name__, type(schema))
+        if key not in outcomes:
+            try:
+                outcomes[key] = (loader(schema), None)
+            except GatewayError as exc:
+                outcomes[key] = (None, exc)
+        payload, error = outcomes[key]
+        if error is not None:
+            raise error
+        return payload
+
+    return load_once
+
+
+@once_per_request
 def load(schema):
     """Validate the request body against `schema`; PayloadUnknown for anything that does not fit."""
     try:
@@ -161,6 +185,7 @@ def drf_request_data():
     raise UnsupportedMediaType(request.headers.get("Content-Type", ""))
 
 
+@once_per_request
 def load_drf(schema):
     """Validate the body as a DRF serializer would; FieldErrors with every failing field at once."""
     data = drf_request_data()

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # System tools the stack needs: Python 3.11+ with venv, Java 17+ (Keycloak 26), Maven (fetches Keycloak),
 # redis-server (the gateways' shared store);
-# with `test`, also docker-compose, the compose implementation that validates docker-compose.yml (no engine), and
-# Chromium, the browser that Playwright drives in the browser tests (Playwright's own download is not used).
+# with `test`, also docker-compose, the compose implementation that validates docker-compose.yml (no engine),
+# Chromium, the browser that Playwright drives in the browser tests (Playwright's own download is not used),
+# and wrk and ss (iproute2) for the bench's smoke check; with `bench`, the same two, which `make bench` uses.
 # Installs the missing ones with apt-get where that is possible, else says what to install.
-#   scripts/prerequisites.sh [test]
+#   scripts/prerequisites.sh [test|bench]
 set -euo pipefail
 
 java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1; }
@@ -19,6 +20,10 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 if [ "${1:-}" = test ]; then
   command -v docker-compose >/dev/null || missing+=(docker-compose)
   command -v chromium >/dev/null || missing+=(chromium)
+fi
+if [ "${1:-}" = test ] || [ "${1:-}" = bench ]; then
+  command -v wrk >/dev/null || missing+=(wrk)
+  command -v ss >/dev/null || missing+=(iproute2)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -1,0 +1,79 @@
+-- wrk script of the bench: each connection replays its own list of requests, round robin, and the run ends
+-- with one line "BENCH-JSON {...}" on stdout (counts, latency percentiles, statuses, error bodies).
+-- Run with one connection per thread (wrk -t N -c N), so that thread i is connection i, from this directory.
+-- Arguments after `--`: the requests file, the expected HTTP status.
+-- Requests file: one request a line, tab-separated: connection index (from 0), method, path, body, headers
+-- ("Name: value", any number).
+local json = require("json")
+
+local threads, next_connection = {}, 0
+
+function setup(thread)
+  thread:set("connection", next_connection)
+  next_connection = next_connection + 1
+  table.insert(threads, thread)
+end
+
+local requests, turn = {}, 0
+
+local function fields_of(line)
+  local fields = {}
+  for field in (line .. "\t"):gmatch("(.-)\t") do table.insert(fields, field) end
+  return fields
+end
+
+function init(args)
+  expected = tonumber(args[2])
+  statuses, bodies = {}, {}
+  for line in io.lines(args[1]) do
+    local fields = fields_of(line)
+    if tonumber(fields[1]) == connection then
+      local headers = {}
+      for i = 5, #fields do
+        local name, value = fields[i]:match("^([^:]+):%s*(.*)$")
+        headers[name] = value
+      end
+      local body = fields[4] ~= "" and fields[4] or nil
+      table.insert(requests, wrk.format(fields[2], fields[3], headers, body))
+    end
+  end
+  if #requests == 0 then error("no requests for connection " .. connection) end
+end
+
+function request()
+  turn = turn % #requests + 1
+  return requests[turn]
+end
+
+function response(status, headers, body)
+  local key = tostring(status)
+  statuses[key] = (statuses[key] or 0) + 1
+  -- Error bodies tell apart answers of one status (a wrong password from a locked account).
+  if status >= 300 then
+    local sample = key .. " " .. body:sub(1, 100):gsub("%s+$", "")
+    bodies[sample] = (bodies[sample] or 0) + 1
+  end
+end
+
+local function add_counts(into, counts)
+  for key, count in pairs(counts) do into[key] = (into[key] or 0) + count end
+end
+
+function done(summary, latency, requests)
+  local all_statuses, all_bodies = {}, {}
+  for _, thread in ipairs(threads) do
+    add_counts(all_statuses, thread:get("statuses"))
+    add_counts(all_bodies, thread:get("bodies"))
+  end
+  local percentiles = {}
+  for _, p in ipairs({50, 90, 99}) do percentiles["p" .. p] = latency:percentile(p) / 1000 end
+  percentiles.max = latency.max / 1000
+  io.write("BENCH-JSON ", json.encode({
+    requests = summary.requests,
+    seconds = summary.duration / 1e6,
+    latency_ms = percentiles,
+    socket_errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    statuses = all_statuses,
+    bodies = all_bodies,
+  }), "\n")
+end
