@@ -35,5 +35,9 @@ def create_app(test_config=None):
         app.register_blueprint(simplejwt.bp)
     if settings.tester_page:
         app.register_blueprint(tester.bp)
+    if settings.bff:
+        from gateway import bff
+
+        bff.register(app, settings, app.extensions["store"])
     limits.init_app(app, settings, app.extensions["store"])  # last: the limits see the request as the views will
     return app

@@ -49,13 +49,11 @@ def logout():
     return json_response({"status": 200, "message": "logged out"})
 
 
-@bp.get("/me")
-def me():
-    """Who the access token belongs to, from the token alone (verified locally, no call to Keycloak)."""
-    claims = keycloak.current().tokens.verify(bearer_token())
+def user_of(claims):
+    """The documented `user` of a verified access token's claims (also /bff/user's)."""
     realm_access = claims.get("realm_access")
     roles = realm_access.get("roles") if isinstance(realm_access, dict) else None
-    user = {
+    return {
         "id": claims["sub"],
         "username": claims.get("preferred_username"),
         "email": claims.get("email"),
@@ -64,4 +62,11 @@ def me():
         "lastName": claims.get("family_name"),
         "roles": sorted(roles) if isinstance(roles, list) and all(isinstance(r, str) for r in roles) else [],
     }
-    return json_response({"status": 200, "message": claims["sub"], "user": user}, headers={"Cache-Control": "no-store"})
+
+
+@bp.get("/me")
+def me():
+    """Who the access token belongs to, from the token alone (verified locally, no call to Keycloak)."""
+    claims = keycloak.current().tokens.verify(bearer_token())
+    body = {"status": 200, "message": claims["sub"], "user": user_of(claims)}
+    return json_response(body, headers={"Cache-Control": "no-store"})

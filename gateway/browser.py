@@ -15,6 +15,8 @@ so a portal would see a bare network error where the gateway documents an answer
   any path, so that the real request then gets the gateway's own documented answer (404 and 405 included).
   Preflights from other origins fall through to Flask (its automatic `OPTIONS` answer or a 404), without CORS.
 - Never `Access-Control-Allow-Credentials`: tokens travel in bodies and the `Authorization` header, not cookies.
+- Nothing for `/bff/` (BFF mode): it serves the gateway's own origin only, as RFC 10017 recommends; a portal that
+  uses it is served from that origin (or behind the same reverse proxy), so no cross-origin call is ever needed.
 - Every answer: `X-Content-Type-Options: nosniff`; every error (4xx, 5xx): `Cache-Control: no-store`.
 """
 
@@ -28,7 +30,11 @@ PREFLIGHT_MAX_AGE = "600"
 
 
 def _allowed_origin():
-    """The request's `Origin` if it is one of the configured origins, else None."""
+    """The request's `Origin` if it is one of the configured origins, else None; never for `/bff/`, which is
+    same-origin by design (its cookie would need credentialed CORS, and its CSRF defence rests on the preflight
+    that a cross-origin `X-CSRF` header needs and never gets)."""
+    if request.path.startswith("/bff/"):
+        return None
     origin = request.headers.get("Origin")
     return origin if origin in current_app.config["SETTINGS"].cors_origins else None
 

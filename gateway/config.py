@@ -146,6 +146,53 @@ def _origin(name, item):
     return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default_port) else "")
 
 
+def _public_url(name, value):
+    """The gateway's browser-facing origin. The session cookie is `Secure` (and `__Host-`): browsers keep it only
+    over https, or on localhost and loopback addresses, which they treat as secure."""
+    origin = _origin(name, value.strip().rstrip("/"))
+    host = urlsplit(origin).hostname
+    if origin.startswith("http://") and host not in ("localhost", "127.0.0.1", "::1"):
+        raise ConfigError(f"{name} must be an https URL (http only for localhost or a loopback address, where "
+                          f"browsers keep a Secure cookie), got {value!r}")
+    return origin
+
+
+def _session_secret(name, value):
+    if len(value) < 32:
+        raise ConfigError(f"{name} must be at least 32 characters long, got {len(value)}")
+    return value
+
+
+_UPSTREAM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def _upstreams(name, value):
+    """`name=url,...`: the only destinations of `/bff/api/<name>/`. Names are lower-case letters, digits, `-` and
+    `_`; URLs are http(s) with a host, an optional base path, and no credentials, query or fragment."""
+    upstreams = {}
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        upstream, _, url = (text.strip() for text in item.partition("="))
+        if not _UPSTREAM_NAME.fullmatch(upstream):
+            raise ConfigError(f"{name}: {upstream!r} is not an upstream name (lower-case letters, digits, - and _, "
+                              "e.g. orders=http://127.0.0.1:9000)")
+        if upstream in upstreams:
+            raise ConfigError(f"{name} names {upstream!r} twice")
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+        except ValueError:
+            parts = None
+        if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.username
+                or parts.password is not None or parts.query or parts.fragment or "?" in url or "#" in url
+                or "\\" in url or "%" in parts.path):
+            raise ConfigError(f"{name}: the URL of {upstream!r} must be http(s)://host[:port][/base/path] without "
+                              f"credentials, query or fragment, got {url!r}")
+        upstreams[upstream] = url.rstrip("/")
+    return tuple(upstreams.items())
+
+
 def _origins(name, value):
     """Exact browser origins written as browsers send them in `Origin` (lower-case, no default port, no
     trailing slash); a wildcard or `null` would hand the gateway's answers to any page, so they are refused."""
@@ -171,6 +218,11 @@ VARIABLES = {
     "GATEWAY_LIMIT_PER_ADDRESS": ("limit_per_address", _rate_limit, "100/minute"),
     "GATEWAY_LOGIN_WAITERS": ("login_waiters", lambda n, v: whole_number(n, v, 0, 1000), "7"),
     "GATEWAY_TRUSTED_PROXIES": ("trusted_proxies", lambda n, v: whole_number(n, v, 0, 10), "0"),
+    # BFF mode (gateway/bff.py, gateway/sessions.py, gateway/proxy.py)
+    "GATEWAY_BFF": ("bff", _flag, "false"),
+    "GATEWAY_PUBLIC_URL": ("public_url", _public_url, "http://localhost:8000"),
+    "GATEWAY_SESSION_SECRET": ("session_secret", _session_secret, ""),
+    "GATEWAY_BFF_UPSTREAMS": ("bff_upstreams", _upstreams, ""),
     "GATEWAY_REDIS_URL": ("redis_url", _redis_url, ""),
     # gunicorn's (read by gateway/gunicorn_conf.py)
     "GATEWAY_BIND": ("bind", _bind, "127.0.0.1:8000"),
@@ -210,6 +262,10 @@ class Settings:
     limit_per_address: str = "100/minute"
     login_waiters: int = 7
     trusted_proxies: int = 0
+    bff: bool = False
+    public_url: str = "http://localhost:8000"
+    session_secret: str = field(default="", repr=False)
+    bff_upstreams: tuple = ()  # ((name, base URL), ...)
     # may carry a password (redis://:password@host): not in repr
     redis_url: str = field(default="", repr=False)
     bind: str = "127.0.0.1:8000"
@@ -248,6 +304,17 @@ class Settings:
         base = self.runtime_dir or self.temp_dir or tempfile.gettempdir()
         return os.path.join(base, f"edm-gateway-{os.getuid()}-grants")
 
+    @property
+    def session_dir(self):
+        """The per-user directory of the host's BFF session store, beside the lock directory."""
+        base = self.runtime_dir or self.temp_dir or tempfile.gettempdir()
+        return os.path.join(base, f"edm-gateway-{os.getuid()}-sessions")
+
+    @property
+    def redirect_uri(self):
+        """Where Keycloak sends the browser back to after its login page (BFF mode)."""
+        return f"{self.public_url}/bff/callback"
+
 
 def load_settings(environ=None, overrides=None):
     """Build Settings from the environment (or `environ`), then `overrides` keyed by variable name."""
@@ -265,4 +332,6 @@ def load_settings(environ=None, overrides=None):
             value = default
         values[attribute] = parse(name, str(value))
     values.setdefault("keycloak_public_url", values["keycloak_url"])
+    if values.get("bff") and not values.get("session_secret"):
+        raise ConfigError("GATEWAY_SESSION_SECRET is required when GATEWAY_BFF is on (at least 32 characters)")
     return Settings(**values)

@@ -16,16 +16,29 @@
     │   │   ├── ExpiredRefreshToken
     │   │   └── WrongTokenType         (an access token where a refresh token belongs)
     │   ├── MissingAccessToken         401 missing access token
-    │   └── InvalidAccessToken         401 access token is invalid or expired
-    │       └── ExpiredAccessToken
+    │   ├── InvalidAccessToken         401 access token is invalid or expired
+    │   │   └── ExpiredAccessToken
+    │   ├── InvalidReturnUrl           400 invalid return url (BFF: /bff/login)
+    │   ├── LoginFailed                400 login failed (BFF: /bff/callback)
+    │   │   └── InvalidIdToken         (the ID token failed a check: nonce, iss, aud, at_hash...)
+    │   ├── MissingCsrfHeader          403 missing csrf header (BFF: every /bff/ request but login and callback)
+    │   ├── NotLoggedIn                401 not logged in (BFF: no session, or an ended one)
+    │   │   └── SessionEnded           (Keycloak no longer refreshes the session's tokens)
+    │   ├── InvalidSessionId           400 invalid session id (BFF: /bff/logout?sid=)
+    │   ├── UnknownUpstream            404 unknown upstream (BFF: a name not in GATEWAY_BFF_UPSTREAMS)
+    │   └── InvalidUpstreamPath        400 invalid upstream path (BFF: a path that would leave the upstream)
     ├── TooManyAttempts                429 too many login attempts (its `retry_after`, also sent as Retry-After)
     ├── LoginQueueTimeout              504 authentication service timed out (the username's turn did not come)
     ├── NotReady                       503 keycloak unavailable (/readyz: names what failed)
-    └── UpstreamError                  Keycloak could not answer usefully
-        ├── UpstreamUnavailable        503 authentication service unavailable
-        │   └── StoreUnavailable       (Redis, the store the gateways share, could not be used)
-        ├── UpstreamTimeout            504 authentication service timed out
-        └── UpstreamBadResponse        502 authentication service error
+    ├── UpstreamError                  Keycloak could not answer usefully
+    │   ├── UpstreamUnavailable        503 authentication service unavailable
+    │   │   └── StoreUnavailable       (Redis, or the host's BFF session file, could not be used)
+    │   ├── UpstreamTimeout            504 authentication service timed out
+    │   └── UpstreamBadResponse        502 authentication service error
+    └── ApiUpstreamError               an upstream API of the BFF proxy could not answer usefully
+        ├── ApiUnavailable             503 upstream service unavailable
+        ├── ApiTimeout                 504 upstream service timed out
+        └── ApiBadResponse             502 upstream service error
 
 Subclasses set class attributes; the three payload errors also carry what DRF's body needs. An EDM error
 body is a JSON string, `"code=404, message=not found"`; the SimpleJWT profile (`/users/`) renders the same
@@ -168,6 +181,55 @@ class TooManyAttempts(GatewayError):
         self.headers = {"Retry-After": str(self.retry_after)}
 
 
+class InvalidReturnUrl(RequestError):
+    code, message = 400, "invalid return url"
+    outcome = "invalid_return_url"
+
+
+class LoginFailed(RequestError):
+    """The login came back unusable: no, an unknown, a reused or another browser's `state`, an `error` from
+    Keycloak, or a code Keycloak would not exchange."""
+
+    code, message = 400, "login failed"
+    outcome = "login_failed"
+
+
+class InvalidIdToken(LoginFailed):
+    outcome = "invalid_id_token"
+
+
+class MissingCsrfHeader(RequestError):
+    code, message = 403, "missing csrf header"
+    outcome = "missing_csrf_header"
+
+
+class NotLoggedIn(RequestError):
+    code, message = 401, "not logged in"
+    outcome = "not_logged_in"
+
+
+class SessionEnded(NotLoggedIn):
+    """The session's refresh token stopped working (logged out elsewhere, idle or too old, user disabled): the
+    gateway's session is deleted too."""
+
+    outcome = "session_ended"
+
+
+class InvalidSessionId(RequestError):
+    code, message = 400, "invalid session id"
+    outcome = "invalid_session_id"
+
+
+class UnknownUpstream(RequestError):
+    code, message = 404, "unknown upstream"
+    outcome = "unknown_upstream"
+
+
+class InvalidUpstreamPath(RequestError):
+    code, message = 400, "invalid upstream path"
+    outcome = "invalid_upstream_path"
+
+
 class LoginQueueTimeout(GatewayError):
     """Another login of the same username held its turn for longer than KEYCLOAK_TIMEOUT: a wait in the gateway,
     not in Keycloak, though the answer is the documented timeout."""
@@ -210,6 +272,25 @@ class UpstreamTimeout(UpstreamError):
 class UpstreamBadResponse(UpstreamError):
     code, message = 502, "authentication service error"
     outcome = "upstream_error"
+
+
+class ApiUpstreamError(GatewayError):
+    """An upstream API behind `/bff/api/` could not answer usefully (as for Keycloak, in its own words)."""
+
+
+class ApiUnavailable(ApiUpstreamError):
+    code, message = 503, "upstream service unavailable"
+    outcome = "api_unavailable"
+
+
+class ApiTimeout(ApiUpstreamError):
+    code, message = 504, "upstream service timed out"
+    outcome = "api_timeout"
+
+
+class ApiBadResponse(ApiUpstreamError):
+    code, message = 502, "upstream service error"
+    outcome = "api_error"
 
 
 def edm_body(code, message):
@@ -285,7 +366,7 @@ def _simplejwt_error(error):
 def handle_gateway_error(error):
     """Render a GatewayError in the shape of the profile the request belongs to."""
     record_outcome(error.outcome, error.reason)
-    if isinstance(error, UpstreamError):
+    if isinstance(error, (UpstreamError, ApiUpstreamError)):
         log.warning("upstream failure on %s: %s", request.path, error.reason)
     elif isinstance(error, LoginQueueTimeout):
         log.warning("login queue timeout on %s: %s", request.path, error.reason)

@@ -18,10 +18,8 @@ import threading
 import time
 import urllib.request
 from contextlib import contextmanager
-from dataclasses import dataclass
-from urllib.parse import urlsplit
-
-from urllib.parse import urlencode
+from dataclasses import dataclass, replace
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 from flask import current_app
@@ -39,7 +37,9 @@ from gateway.errors import (
     GatewayError,
     InvalidAccessToken,
     InvalidCredentials,
+    InvalidIdToken,
     InvalidRefreshToken,
+    LoginFailed,
     UpstreamBadResponse,
     UpstreamError,
     UpstreamTimeout,
@@ -47,7 +47,7 @@ from gateway.errors import (
     UsernameNotFound,
     WrongPassword,
 )
-from gateway.tokens import AccessTokens, RealmKeys
+from gateway.tokens import AccessTokens, IdTokens, RealmKeys
 from gateway.userlock import SharedTurns, UsernameTurns
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,10 @@ REFRESH_REFUSALS = {
     ("invalid_grant", None): InvalidRefreshToken,
     ("invalid_request", "No refresh token"): InvalidRefreshToken,
 }
+CODE_REFUSALS = {
+    # the code expired, was used before, belongs to another redirect URI, or the PKCE verifier does not match
+    ("invalid_grant", None): LoginFailed,
+}
 LOGOUT_REFUSALS = {
     ("invalid_grant", "Session not active"): _SessionEnded,
     ("invalid_grant", "Token is not active"): _SessionEnded,
@@ -98,6 +102,8 @@ class Tokens:
     refresh_token: str
     expires_in: int
     claims: dict
+    refresh_expires_in: int = 0  # seconds until Keycloak's session ends unless refreshed (0: not said)
+    id_claims: dict = None  # the verified ID token's claims (authorization code grant only)
 
 
 def _refusal_of(content):
@@ -204,6 +210,7 @@ class Keycloak:
             raise ConfigError(f"cannot build the Keycloak client: {type(exc).__name__}: {exc}") from exc
         self.keys = RealmKeys(self._fetch_jwks, max_age=settings.keys_max_age)
         self.tokens = AccessTokens(settings, self.keys)
+        self.id_tokens = IdTokens(settings, self.keys)
         if store is None:  # one turn per username on this host, else across every host sharing the store
             self.turns = UsernameTurns(settings.lock_dir, timeout=settings.timeout, waiters=settings.login_waiters,
                                        threads=settings.threads)
@@ -300,6 +307,41 @@ class Keycloak:
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token, **self._client}
         return self._tokens(self._call("refresh grant", "token", form, REFRESH_REFUSALS))
 
+    def authorization_url(self, state, nonce, code_challenge):
+        """Keycloak's login page for an authorization code login with PKCE (S256), at its public URL: no network
+        call. (python-keycloak's auth_url() fetches the discovery document each time and does not encode the
+        parameters it puts in the query.)"""
+        s = self.settings
+        query = urlencode({"client_id": s.client_id, "response_type": "code", "redirect_uri": s.redirect_uri,
+                           "scope": "openid profile email", "state": state, "nonce": nonce,
+                           "code_challenge": code_challenge, "code_challenge_method": "S256"})
+        return f"{s.keycloak_public_url}realms/{quote(s.realm, safe='')}/protocol/openid-connect/auth?{query}"
+
+    def exchange_code(self, code, code_verifier, nonce):
+        """The authorization code grant, with the PKCE verifier and the client's secret; the access token and the
+        ID token (`nonce`, `iss`, `aud`, `at_hash`) verified. LoginFailed when Keycloak refuses the code."""
+        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": self.settings.redirect_uri,
+                "code_verifier": code_verifier, **self._client}
+        body = self._call("code exchange", "token", form, CODE_REFUSALS)
+        tokens = self._tokens(body)
+        id_token = body.get("id_token")
+        if not isinstance(id_token, str):
+            raise UpstreamBadResponse("code exchange: no id_token in the answer")
+        if not tokens.refresh_expires_in > 0:
+            raise UpstreamBadResponse("code exchange: no refresh_expires_in in the answer")
+        id_claims = self.id_tokens.verify(id_token, nonce, tokens.access_token)
+        if id_claims["sub"] != tokens.claims["sub"] or not isinstance(id_claims.get("sid"), str):
+            raise InvalidIdToken("ID token of another user than the access token, or without sid")
+        return replace(tokens, id_claims=id_claims)
+
+    def end_session(self, refresh_token):
+        """End the Keycloak session of `refresh_token` (BFF logout): a token Keycloak no longer takes means the
+        session is over already."""
+        try:
+            self.logout(refresh_token)
+        except InvalidRefreshToken:
+            pass
+
     def introspect(self, token, token_type_hint):
         """Keycloak's introspection of any token of the realm: a dict with at least `active`."""
         # token_type_hint matters: without it Keycloak 26 calls refresh tokens inactive.
@@ -337,8 +379,10 @@ class Keycloak:
             raise UpstreamBadResponse("token response without access_token, refresh_token or expires_in") from None
         if not (isinstance(access, str) and isinstance(refresh, str) and type(expires_in) is int):
             raise UpstreamBadResponse("token response with fields of the wrong type")
+        refresh_expires_in = body.get("refresh_expires_in")
         try:
             claims = self.tokens.verify(access)
         except InvalidAccessToken as exc:
             raise UpstreamBadResponse(f"Keycloak issued a token the gateway cannot verify: {exc.reason}") from None
-        return Tokens(access, refresh, expires_in, claims)
+        return Tokens(access, refresh, expires_in, claims,
+                      refresh_expires_in if type(refresh_expires_in) is int else 0)

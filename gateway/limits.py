@@ -5,7 +5,8 @@
   payload that fails it counts per address only). Sharing them means alternating `/api/login` and
   `/users/login/` gains an attacker nothing.
 - Every other POST endpoint has the per-address limit, each endpoint its own count. GETs (`/api/me`, `/healthz`,
-  `/readyz`, `/metrics`) are never limited.
+  `/readyz`, `/metrics`) are never limited, nor is BFF mode's API proxy (`/bff/api/`): its calls are the portal's
+  own API traffic through a logged-in session, not attempts at credentials.
 - Strategy: moving window. It counts exactly the attempts of the last period, so there is no window edge at which
   twice the limit gets through, and the `Retry-After` it gives is exact: when the oldest counted attempt leaves the
   window. Its cost, one timestamp kept per counted attempt, is bounded by the limit itself.
@@ -144,6 +145,8 @@ def init_app(app, settings, store):
     # Every limit is a POST's: other requests leave before Flask-Limiter resolves (and re-parses) any limit.
     limiter.request_filter(lambda: request.method != "POST")
     limiter.init_app(app)
+    if "bff.api" in app.view_functions:
+        limiter.exempt(app.view_functions["bff.api"])
     app.extensions["limits"] = limiter
     app.register_error_handler(StorageError, _store_failed)
     app.register_error_handler(InternalServerError, _failed_after_the_view)

@@ -33,6 +33,13 @@ UPSTREAM_SECONDS = Histogram(
     ["operation", "result"],
     buckets=SECONDS,
 )
+PROXY_SECONDS = Histogram(
+    "edm_gateway_proxy_duration_seconds",
+    "Time until an upstream API behind /bff/api/ answered (its status and headers), by upstream and result: ok, or "
+    "error (unreachable, timed out, broke the protocol).",
+    ["upstream", "result"],
+    buckets=SECONDS,
+)
 RATE_LIMITED = Counter(
     "edm_gateway_rate_limited_total",
     "Requests refused with 429 before they reached Keycloak, by endpoint.",

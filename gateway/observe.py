@@ -17,7 +17,9 @@ from gateway import metrics
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # endpoint -> audit event; every attempt at one of these leaves an audit line
 AUDITED = {"api.login": "login", "simplejwt.login": "login", "api.refresh": "refresh",
-           "simplejwt.refresh": "refresh", "api.logout": "logout"}
+           "simplejwt.refresh": "refresh", "api.logout": "logout",
+           "bff.login": "bff login", "bff.callback": "bff callback", "bff.logout": "bff logout"}
+# ...and "bff refresh", written by `audit()` whenever a BFF request refreshes its session's tokens.
 # blueprints whose requests are attempts at the documented API (the operations endpoints are not)
 API_BLUEPRINTS = frozenset({"api", "simplejwt", "bff"})
 
@@ -62,6 +64,15 @@ def _username():
     if username is None:  # not logged in (yet): the name the request gave, once the payload was valid
         username = (g.get("payload") or {}).get("username")
     return username if isinstance(username, str) else None
+
+
+def audit(event, outcome, reason=None):
+    """An audit event of its own within a request: a BFF session's refresh, made by whichever request found the
+    access token about to expire."""
+    audit_log.info("audit", extra={
+        "event": event, "endpoint": request.endpoint, "username": _username(), "user_id": g.get("user_id"),
+        "client": request.remote_addr, "outcome": outcome, "reason": reason,
+        "upstream_ms": round(g.get("upstream_seconds", 0.0) * 1000, 2)})
 
 
 def finish(response):

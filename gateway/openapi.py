@@ -55,6 +55,19 @@ class MeBody(Schema):
     user = fields.Nested(User, required=True)
 
 
+class BffSession(Schema):
+    expiresIn = fields.Integer(required=True, metadata={"description": "seconds until the session ends, unless "
+                                                                       "activity extends it (Keycloak's SSO idle)"})
+    logoutUrl = fields.String(required=True, metadata={"description": "`/bff/logout?sid=<Keycloak session id>`"})
+
+
+class BffUserBody(Schema):
+    status = fields.Integer(required=True, validate=validate.Equal(200))
+    message = fields.String(required=True, metadata={"description": "the user id"})
+    user = fields.Nested(User, required=True)
+    session = fields.Nested(BffSession, required=True)
+
+
 class DrfLoginPair(Schema):
     refresh = fields.String(required=True)
     access = fields.String(required=True)
@@ -95,7 +108,12 @@ HEADERS = {
     "Allow": {"description": "the methods the path allows", "required": True, "schema": {"type": "string"}},
     "Retry-After": {"description": "seconds until an attempt may get through", "required": True,
                     "schema": {"type": "integer", "minimum": 1}},
+    "Location": {"description": "where the browser goes next", "required": True, "schema": {"type": "string"}},
+    "Set-Cookie": {"description": "the BFF's `__Host-` cookies (HttpOnly; Secure; Path=/)", "required": True,
+                   "schema": {"type": "string"}},
 }
+BFF_CSRF = {"name": "X-CSRF", "in": "header", "required": True, "description": "the CSRF defence of BFF mode",
+            "schema": {"type": "string", "enum": ["1"]}}
 
 
 def _headers(*names):
@@ -134,6 +152,86 @@ def _edm_failures(*, upstream=True, body=True, refused=None):
         headers = ("WWW-Authenticate",) if status == 401 and any(c.headers for c in classes) else ()
         answers[str(status)] = _answer("refused", _edm(*classes), *headers)
     return answers
+
+
+def _bff_failures(*refused, keycloak=True, api=False, body=False, methods=True, limited=False):
+    """The failures of a `/bff/` endpoint: its own refusals, the store's and Keycloak's (a refresh, a code
+    exchange), for the proxy the upstream API's, and for `/bff/logout` the per-address rate limit of POSTs."""
+    answers = {"500": _answer("unexpected failure (logged, never shown)", _edm(e.GatewayError))}
+    if limited:
+        answers["429"] = _answer("too many attempts; never reached Keycloak", _edm(e.TooManyAttempts), "Retry-After")
+    if methods:
+        answers["405"] = _answer("wrong method", _edm((405, "method not allowed")), "Allow")
+    if body:
+        answers["413"] = _answer("body over GATEWAY_MAX_BODY_BYTES", _edm((413, "payload too large")))
+    unavailable, slow, broken = [e.UpstreamUnavailable], [], []
+    if keycloak:
+        slow, broken = [e.UpstreamTimeout], [e.UpstreamBadResponse]
+    if api:
+        unavailable, slow, broken = unavailable + [e.ApiUnavailable], slow + [e.ApiTimeout], broken + [e.ApiBadResponse]
+    answers["503"] = _answer("Keycloak, the session store or the upstream cannot be reached", _edm(*unavailable))
+    if slow:
+        answers["504"] = _answer("Keycloak or the upstream took too long", _edm(*slow))
+    if broken:
+        answers["502"] = _answer("Keycloak or the upstream answered something unusable", _edm(*broken))
+    by_status = {}
+    for error in refused:
+        by_status.setdefault(error.code, []).append(error)
+    for status, classes in by_status.items():
+        answers[str(status)] = _answer("refused", _edm(*classes))
+    return answers
+
+
+def _bff_operations():
+    """The BFF mode's endpoints (GATEWAY_BFF)."""
+    redirect = {"description": "to Keycloak's login page", "headers": _headers("Location", "Set-Cookie")}
+    yield "/bff/login", "get", {
+        "tags": ["BFF"], "summary": "Start a login on Keycloak's page (authorization code with PKCE)",
+        "parameters": [{"name": "returnUrl", "in": "query", "required": False, "schema": {"type": "string"},
+                        "description": "a path of the gateway to return to after the login (default `/`)"}],
+        "responses": {"302": redirect, **_bff_failures(e.InvalidReturnUrl, keycloak=False)},
+    }
+    yield "/bff/callback", "get", {
+        "tags": ["BFF"], "summary": "Keycloak's redirect back: the code exchanged, the session started, 302 to "
+                                    "returnUrl with the `__Host-edm-session` cookie",
+        "parameters": [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+                       for name in ("state", "code", "iss", "session_state", "error", "error_description")],
+        "responses": {"302": {**redirect, "description": "to the login's returnUrl"},
+                      **_bff_failures(e.LoginFailed)},
+    }
+    yield "/bff/user", "get", {
+        "tags": ["BFF"], "summary": "Who is logged in (as /api/me), the session's remaining time and logout URL",
+        "parameters": [BFF_CSRF], "security": [{"bffSession": []}],
+        "responses": {"200": _answer("the session's user", "BffUserBody", "Cache-Control"),
+                      **_bff_failures(e.NotLoggedIn, e.MissingCsrfHeader)},
+    }
+    yield "/bff/logout", "post", {
+        "tags": ["BFF"], "summary": "End the Keycloak session and the gateway's; the cookie expires",
+        "parameters": [BFF_CSRF, {"name": "sid", "in": "query", "required": True, "schema": {"type": "string"},
+                                  "description": "the Keycloak session id of /bff/user's logoutUrl"}],
+        "security": [{"bffSession": []}],
+        "responses": {"200": _answer("logged out", "MessageBody", "Set-Cookie"),
+                      **_bff_failures(e.InvalidSessionId, e.NotLoggedIn, e.MissingCsrfHeader, limited=True)},
+    }
+    parameters = [BFF_CSRF,
+                  {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+                   "description": "an upstream of GATEWAY_BFF_UPSTREAMS"},
+                  {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
+                   "description": "the rest of the path, slashes included, forwarded as sent (no `.` or `..` "
+                                  "segment, encoded slash or backslash, or empty segment)"}]
+    proxied = {"description": "the upstream's answer, of any status, streamed as it came (hop-by-hop headers, "
+                              "Set-Cookie and CORS headers left out); the statuses listed are the gateway's own",
+               "content": {"*/*": {"schema": {}}}}
+    for method in ("get", "post", "put", "patch", "delete"):
+        yield "/bff/api/{name}/{path}", method, {
+            "tags": ["BFF"], "summary": f"{method.upper()} forwarded to an allowlisted upstream with the session's "
+                                        "access token (HEAD and OPTIONS are forwarded too)",
+            "parameters": parameters, "security": [{"bffSession": []}],
+            **({"requestBody": {"content": {"*/*": {"schema": {}}}}} if method in ("post", "put", "patch") else {}),
+            "responses": {"default": proxied,
+                          **_bff_failures(e.InvalidUpstreamPath, e.NotLoggedIn, e.MissingCsrfHeader,
+                                          e.UnknownUpstream, api=True, body=True, methods=method == "get")},
+        }
 
 
 def _drf_failures(unauthorized):
@@ -225,6 +323,8 @@ def _operations(settings):
                               "text/javascript": {"schema": {"type": "string"}}}},
                           "404": not_found, **_edm_failures(upstream=False, body=False)},
         }
+    if settings.bff:
+        yield from _bff_operations()
     yield "/healthz", "get", {
         "tags": ["Operations"], "summary": "Liveness: 200 while the process serves",
         "responses": {"200": _answer("serving", "MessageBody"), **_edm_failures(upstream=False, body=False)},
@@ -263,10 +363,13 @@ def build_document(settings):
                          ("MessageBody", MessageBody), ("MeBody", MeBody), ("TokenObtain", TokenObtainSchema),
                          ("TokenRefresh", TokenRefreshSchema), ("TokenVerify", TokenVerifySchema),
                          ("DrfLoginPair", DrfLoginPair), ("DrfRefreshPair", DrfRefreshPair),
-                         ("DrfVerified", DrfVerified), ("DrfDetail", DrfDetail), ("DrfTokenError", DrfTokenError)):
+                         ("DrfVerified", DrfVerified), ("DrfDetail", DrfDetail), ("DrfTokenError", DrfTokenError),
+                         *((("BffUserBody", BffUserBody),) if settings.bff else ())):
         spec.components.schema(name, schema=schema)
     spec.components.schema("DrfFieldErrors", DRF_FIELD_ERRORS)
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    if settings.bff:
+        spec.components.security_scheme("bffSession", {"type": "apiKey", "in": "cookie", "name": "__Host-edm-session"})
     for name, header in HEADERS.items():
         spec.components.header(name, header)
     for path, method, operation in _operations(settings):

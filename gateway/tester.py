@@ -1,7 +1,9 @@
 """The tester page at `/`: one HTML file, one stylesheet and one script in `gateway/static/`, served by the
 gateway itself (no build step, no third-party code), under a Content-Security-Policy that allows nothing else."""
 
-from flask import Blueprint, send_from_directory
+import os
+
+from flask import Blueprint, current_app, send_from_directory
 
 bp = Blueprint("tester", __name__, static_folder="static", static_url_path="/static")
 
@@ -25,8 +27,13 @@ CONTENT_SECURITY_POLICY = "; ".join([
 
 @bp.get("/")
 def page():
-    """The tester page; its stylesheet and script come from `/static/`."""
-    return send_from_directory(bp.static_folder, "tester.html")
+    """The tester page; its stylesheet and script come from `/static/`. In BFF mode its body says so
+    (`data-bff="on"`), and the script offers `Log in with Keycloak`."""
+    if not current_app.config["SETTINGS"].bff:
+        return send_from_directory(bp.static_folder, "tester.html")
+    with open(os.path.join(bp.static_folder, "tester.html"), encoding="utf-8") as file:
+        html = file.read().replace("<body>", '<body data-bff="on">', 1)
+    return current_app.response_class(html, mimetype="text/html")
 
 
 @bp.after_request

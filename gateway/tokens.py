@@ -11,6 +11,7 @@ instructions per token through `jwt.decode`, 0.37 M for the signature check and 
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -22,7 +23,7 @@ import jwt
 from jwt.algorithms import RSAAlgorithm
 
 from gateway import metrics
-from gateway.errors import ExpiredAccessToken, InvalidAccessToken, UpstreamBadResponse, UpstreamError
+from gateway.errors import ExpiredAccessToken, InvalidAccessToken, InvalidIdToken, UpstreamBadResponse, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -234,3 +235,64 @@ class AccessTokens:
         """Whether the token's own `exp`, read unverified, has passed: only to choose the words of a refusal."""
         expires = unverified_claims(token).get("exp")
         return isinstance(expires, (int, float)) and not isinstance(expires, bool) and expires < self.clock()
+
+
+def same_text(given, expected):
+    """Whether two strings are equal, compared in constant time (any characters, lone surrogates included)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+
+
+def _access_token_hash(access_token):
+    """OpenID Connect's `at_hash` of an RS256 access token: the left half of its SHA-256, base64url."""
+    digest = hashlib.sha256(access_token.encode()).digest()
+    return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode("ascii")
+
+
+class IdTokens:
+    """Checks the ID token of an authorization-code login (BFF mode) locally: an RS256 signature by a key the realm
+    publishes, `iss`, `aud` naming this client (and `azp` when it names others too), `typ: ID`, `sub`, `exp` with
+    LEEWAY_SECONDS of leeway, the `nonce` the login was started with, and `at_hash` binding it to the access token
+    of the same answer. Every check is required: a claim that is missing fails it."""
+
+    def __init__(self, settings, keys, clock=time.time):
+        self.issuer = settings.issuer
+        self.client_id = settings.client_id
+        self.keys = keys
+        self.clock = clock
+
+    def verify(self, token, nonce, access_token):
+        """The claims of a valid ID token for this login; else InvalidIdToken (a `login failed`)."""
+        try:
+            header_text, payload_text, signature_text = token.split(".")
+            header = json.loads(_segment(header_text))
+            if (not isinstance(header, dict) or header.get("alg") != "RS256" or not isinstance(header.get("kid"), str)
+                    or "crit" in header):
+                raise InvalidIdToken("ID token: not an RS256 token with a kid")
+            key = self.keys.get(header["kid"])
+            if key is None:
+                raise InvalidIdToken("ID token: signed by a key the realm does not publish")
+            if not RS256.verify(f"{header_text}.{payload_text}".encode(), key, _segment(signature_text)):
+                raise InvalidIdToken("ID token: bad signature")
+            claims = json.loads(_segment(payload_text))  # read only once the signature holds
+        except (ValueError, TypeError, UnicodeError, RecursionError) as exc:
+            raise InvalidIdToken(f"ID token: {type(exc).__name__}: {exc}") from None
+        if not isinstance(claims, dict) or claims.get("iss") != self.issuer:
+            raise InvalidIdToken("ID token: another issuer")
+        self._check(claims, nonce, access_token)
+        return claims
+
+    def _check(self, claims, nonce, access_token):
+        if not isinstance(claims, dict) or claims.get("typ") != "ID" or not isinstance(claims.get("sub"), str):
+            raise InvalidIdToken("ID token: not an ID token")
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        if self.client_id not in audiences or (len(audiences) > 1 and claims.get("azp") != self.client_id):
+            raise InvalidIdToken("ID token: issued to another client")
+        expires = claims.get("exp")
+        if not isinstance(expires, (int, float)) or isinstance(expires, bool) or expires + LEEWAY_SECONDS < self.clock():
+            raise InvalidIdToken("ID token: expired or without expiry")
+        if not isinstance(claims.get("nonce"), str) or not same_text(claims["nonce"], nonce):
+            raise InvalidIdToken("ID token: not the nonce this login was started with")
+        at_hash = claims.get("at_hash")
+        if not isinstance(at_hash, str) or not same_text(at_hash, _access_token_hash(access_token)):
+            raise InvalidIdToken("ID token: at_hash does not match the access token")

@@ -29,21 +29,38 @@ export KEYCLOAK_URL=${KEYCLOAK_URL:-http://localhost:8180/auth/}
 export KEYCLOAK_CLIENT_SECRET=${KEYCLOAK_CLIENT_SECRET:-edmportal-dev-secret}
 export GATEWAY_BIND=${GATEWAY_BIND:-127.0.0.1:8000}
 export GATEWAY_REDIS_URL=${GATEWAY_REDIS_URL:-$(scripts/redis.sh url)}
+# BFF mode on, with a dev session secret; the public URL is one whose callback the realm file registers
+# (http://localhost:8000, or any port of 127.0.0.1).
+port=${GATEWAY_BIND##*:}
+if [ "$port" = 8000 ]; then default_public_url=http://localhost:8000; else default_public_url=http://127.0.0.1:$port; fi
+export GATEWAY_BFF=${GATEWAY_BFF:-true}
+export GATEWAY_PUBLIC_URL=${GATEWAY_PUBLIC_URL:-$default_public_url}
+export GATEWAY_SESSION_SECRET=${GATEWAY_SESSION_SECRET:-edm-dev-session-secret-change-me-0123456789}
 
-# The tester page is on unless GATEWAY_TESTER_PAGE says otherwise (gateway/config.py reads the same words).
-tester_page="Tester page: open http://$GATEWAY_BIND/ in a browser to log in, refresh, ask who you are, log out.
+# gateway/config.py's words for false
+off() { case "$(printf '%s' "$1" | tr '[:upper:]' '[:lower:]' | tr -d '[:space:]')" in 0|false|no|off) return 0 ;; esac; return 1; }
+
+# The tester page is on unless GATEWAY_TESTER_PAGE says otherwise; in BFF mode it is opened at the public URL,
+# where the session cookie lives.
+page_url=http://$GATEWAY_BIND/
+off "$GATEWAY_BFF" || page_url=$GATEWAY_PUBLIC_URL/
+tester_page="Tester page: open $page_url in a browser to log in, refresh, ask who you are, log out.
 
 "
-case "$(printf '%s' "${GATEWAY_TESTER_PAGE:-}" | tr '[:upper:]' '[:lower:]' | tr -d '[:space:]')" in
-  0|false|no|off) tester_page= ;;
-esac
+off "${GATEWAY_TESTER_PAGE:-}" && tester_page=
+bff_mode="BFF mode (tokens stay on the gateway, the browser holds an HttpOnly cookie): log in on Keycloak's page at
+
+  $GATEWAY_PUBLIC_URL/bff/login?returnUrl=/
+
+"
+off "$GATEWAY_BFF" && bff_mode=
 
 cat <<TXT
 
 EDM auth gateway on http://$GATEWAY_BIND (Keycloak $(scripts/keycloak.sh version) on http://localhost:8180/auth,
 Redis on ${GATEWAY_REDIS_URL#redis://})
 
-${tester_page}Log in as the seed's user with curl:
+${tester_page}${bff_mode}Log in as the seed's user with curl:
 
   curl -s -X POST http://$GATEWAY_BIND/api/login -H 'Content-Type: application/json' \\
        -d '{"username":"ahmadakbar","password":"password"}'

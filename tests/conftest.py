@@ -31,7 +31,8 @@ ISSUER = "http://localhost:8180/auth/realms/edm"
 TOKEN_URL = f"{LIVE_URL}realms/edm/protocol/openid-connect/token"
 KEYCLOAK_VERSION = (ROOT / "keycloak" / "VERSION").read_text().strip()
 
-pytest_plugins = ["tests.browser"]  # Chromium, the portal's static site, the gateway under gunicorn
+# Chromium, the portal's static site, the gateway under gunicorn; Redis, the echo upstream and BFF gateways
+pytest_plugins = ["tests.browser", "tests.bff"]
 
 
 def mock_config(**overrides):
@@ -279,8 +280,8 @@ def free_port():
 class Gunicorn:
     """The gateway under gunicorn with the settings shipped in the package, as `make run` starts it."""
 
-    def __init__(self, env, cwd=ROOT, executable=None, args=()):
-        self.port = free_port()
+    def __init__(self, env, cwd=ROOT, executable=None, args=(), port=None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [executable or os.path.join(os.path.dirname(sys.executable), "gunicorn"),
                    "-c", "python:gateway.gunicorn_conf", "--bind", f"127.0.0.1:{self.port}", *args]

@@ -302,8 +302,9 @@ def test_the_form_is_labelled_and_the_bff_place_is_hidden(page_parts):
     ids = {attrs.get("id"): (tag, attrs) for tag, attrs in page_parts.elements}
     assert ids[page_parts.labels["Username"]][1]["autocomplete"] == "username"
     assert ids[page_parts.labels["Password"]][1]["type"] == "password"
-    assert page_parts.buttons == ["Log in", "Refresh", "Who am I", "Log out"]
-    assert "hidden" in ids["bff-login"][1]
+    assert page_parts.buttons == ["Log in", "Log in with Keycloak", "Who am I (BFF)", "Log out (BFF)", "Refresh",
+                                  "Who am I", "Log out"]
+    assert "hidden" in ids["bff-login"][1]  # until the script finds the gateway in BFF mode
     assert ids["login-form"][1] == {"id": "login-form", "method": "post", "action": "/api/login"}
 
 

@@ -10,7 +10,7 @@ import requests
 from jwcrypto import jwk, jwt
 
 from tests.compose_env import gateway_environment
-from tests.conftest import ISSUER, LIVE_URL, Gunicorn
+from tests.conftest import ISSUER, LIVE_URL, SUITE_SECRETS, Gunicorn
 
 
 @pytest.fixture
@@ -53,3 +53,24 @@ def test_login_acceptance_with_the_compose_configuration(compose_gateway, kc):
     assert (me.status_code, me.json()["user"]["username"]) == (200, "ahmadakbar")
     assert requests.get(f"{url}/readyz", timeout=30).json() == {"status": 200, "message": "ready"}
     assert requests.get(f"{url}/healthz", timeout=30).json() == {"status": 200, "message": "ok"}
+
+
+def test_bff_login_with_the_compose_configuration(compose_gateway, kc):
+    """BFF mode as compose turns it on: the redirect URI it sends (its public URL's) is one the realm accepts."""
+    from urllib.parse import urlsplit
+
+    from tests.bff import LoopbackBrowser, keycloak_login
+
+    environment = gateway_environment()
+    assert (environment["GATEWAY_BFF"], environment["GATEWAY_PUBLIC_URL"]) == ("true", "http://localhost:8000")
+    SUITE_SECRETS.add(environment["GATEWAY_SESSION_SECRET"])
+    user = kc.create_user()
+    browser = LoopbackBrowser()
+    start = browser.get(f"{compose_gateway.url}/bff/login")
+    back = keycloak_login(browser, start.headers["Location"], user.username, user.password)
+    assert back.startswith("http://localhost:8000/bff/callback?")
+    parts = urlsplit(back)  # the browser would go to port 8000, where compose publishes the gateway
+    landing = browser.get(f"{compose_gateway.url}{parts.path}?{parts.query}")
+    assert (landing.status_code, landing.headers["Location"]) == (302, "/")
+    me = browser.get(f"{compose_gateway.url}/bff/user", headers={"X-CSRF": "1"})
+    assert (me.status_code, me.json()["user"]["username"]) == (200, user.username)

@@ -153,3 +153,61 @@ def test_the_gateway_reads_no_environment_variable_outside_config():
 def test_the_readme_lists_every_variable_the_gateway_reads():
     readme = (ROOT / "README.md").read_text()
     assert [name for name in VARIABLES if f"`{name}`" not in readme] == []
+
+
+BFF = {**BASE, "GATEWAY_BFF": "true", "GATEWAY_SESSION_SECRET": "s" * 32}
+
+
+def test_bff_defaults():
+    s = load_settings(environ=BASE)
+    assert (s.bff, s.public_url, s.session_secret, s.bff_upstreams, s.redis_url) == (
+        False, "http://localhost:8000", "", (), "")
+    assert s.redirect_uri == "http://localhost:8000/bff/callback"
+
+
+def test_bff_settings():
+    s = load_settings(environ={**BFF, "GATEWAY_PUBLIC_URL": "https://Portal.Example.org:443/",
+                               "GATEWAY_BFF_UPSTREAMS": " orders=http://orders:8080/api/ , stock_2=https://10.0.0.5 ",
+                               "GATEWAY_REDIS_URL": "redis://:pw@127.0.0.1:6379/2"})
+    assert s.public_url == "https://portal.example.org"
+    assert s.redirect_uri == "https://portal.example.org/bff/callback"
+    assert s.bff_upstreams == (("orders", "http://orders:8080/api"), ("stock_2", "https://10.0.0.5"))
+    assert "s" * 32 not in repr(s) and "pw" not in repr(s)
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({**BASE, "GATEWAY_BFF": "true"}, "GATEWAY_SESSION_SECRET is required when GATEWAY_BFF is on"),
+    ({**BFF, "GATEWAY_SESSION_SECRET": "s" * 31}, "GATEWAY_SESSION_SECRET must be at least 32 characters long, got 31"),
+    ({**BFF, "GATEWAY_BFF": "sometimes"}, "GATEWAY_BFF must be true or false"),
+    ({**BFF, "GATEWAY_PUBLIC_URL": "http://portal.example.org"}, "GATEWAY_PUBLIC_URL must be an https URL"),
+    ({**BFF, "GATEWAY_PUBLIC_URL": "https://portal.example.org/gateway"}, "GATEWAY_PUBLIC_URL: .* is not an origin"),
+    ({**BFF, "GATEWAY_PUBLIC_URL": "localhost:8000"}, "GATEWAY_PUBLIC_URL: .* is not an origin"),
+    ({**BFF, "GATEWAY_BFF_UPSTREAMS": "Orders=http://x"}, "GATEWAY_BFF_UPSTREAMS: 'Orders' is not an upstream name"),
+    ({**BFF, "GATEWAY_BFF_UPSTREAMS": "http://x"}, "GATEWAY_BFF_UPSTREAMS: 'http://x' is not an upstream name"),
+    ({**BFF, "GATEWAY_BFF_UPSTREAMS": "a=http://x,a=http://y"}, "GATEWAY_BFF_UPSTREAMS names 'a' twice"),
+    ({**BFF, "GATEWAY_BFF_UPSTREAMS": "a=ftp://x"}, "GATEWAY_BFF_UPSTREAMS: the URL of 'a' must be http"),
+    ({**BFF, "GATEWAY_BFF_UPSTREAMS": "a=http://u:p@x"}, "GATEWAY_BFF_UPSTREAMS: the URL of 'a' must be http"),
+    ({**BFF, "GATEWAY_BFF_UPSTREAMS": "a=http://x/?q=1"}, "GATEWAY_BFF_UPSTREAMS: the URL of 'a' must be http"),
+    ({**BFF, "GATEWAY_BFF_UPSTREAMS": "a=http://x/%2F"}, "GATEWAY_BFF_UPSTREAMS: the URL of 'a' must be http"),
+    ({**BFF, "GATEWAY_BFF_UPSTREAMS": "a=http://x:99999"}, "GATEWAY_BFF_UPSTREAMS: the URL of 'a' must be http"),
+    ({**BFF, "GATEWAY_REDIS_URL": "http://127.0.0.1:6379"}, "GATEWAY_REDIS_URL must be a redis:// URL"),
+    ({**BFF, "GATEWAY_REDIS_URL": "redis://:secretpw@h:6379/x"}, r"GATEWAY_REDIS_URL .* got 'redis://:\*\*\*@h:6379/x'"),
+])
+def test_bad_bff_settings_stop_the_start(environ, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ=environ)
+
+
+@pytest.mark.parametrize("url", ["http://localhost:8000", "http://127.0.0.1:8000", "http://[::1]:8000",
+                                 "https://portal.example.org"])
+def test_public_urls_where_browsers_keep_a_secure_cookie(url):
+    assert load_settings(environ={**BFF, "GATEWAY_PUBLIC_URL": url}).public_url == url
+
+
+def test_gunicorn_refuses_bff_mode_without_a_session_secret():
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "-c", "python:gateway.gunicorn_conf"],
+                          cwd=ROOT, env={"PATH": "/usr/bin:/bin", "KEYCLOAK_CLIENT_SECRET": "x", "GATEWAY_BFF": "true"},
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0
+    assert ("configuration error: GATEWAY_SESSION_SECRET is required when GATEWAY_BFF is on (at least 32 characters)"
+            in done.stderr)

@@ -31,6 +31,20 @@ GATEWAY_ERRORS = [
     (errors.StoreUnavailable, 503, "code=503, message=authentication service unavailable"),
     (errors.UpstreamTimeout, 504, "code=504, message=authentication service timed out"),
     (errors.UpstreamBadResponse, 502, "code=502, message=authentication service error"),
+    # BFF mode
+    (errors.InvalidReturnUrl, 400, "code=400, message=invalid return url"),
+    (errors.LoginFailed, 400, "code=400, message=login failed"),
+    (errors.InvalidIdToken, 400, "code=400, message=login failed"),
+    (errors.MissingCsrfHeader, 403, "code=403, message=missing csrf header"),
+    (errors.NotLoggedIn, 401, "code=401, message=not logged in"),
+    (errors.SessionEnded, 401, "code=401, message=not logged in"),
+    (errors.InvalidSessionId, 400, "code=400, message=invalid session id"),
+    (errors.UnknownUpstream, 404, "code=404, message=unknown upstream"),
+    (errors.InvalidUpstreamPath, 400, "code=400, message=invalid upstream path"),
+    (errors.ApiUpstreamError, 500, "code=500, message=internal server error"),
+    (errors.ApiUnavailable, 503, "code=503, message=upstream service unavailable"),
+    (errors.ApiTimeout, 504, "code=504, message=upstream service timed out"),
+    (errors.ApiBadResponse, 502, "code=502, message=upstream service error"),
 ]
 
 

@@ -49,3 +49,26 @@ def test_the_username_rule_is_written_in_json_schemas_regex(client):
     assert login["properties"]["username"] == {"type": "string", "minLength": 3, "maxLength": 255,
                                                "pattern": "^[A-Za-z0-9]+$"}
     assert login["required"] == ["password", "username"]
+
+
+def test_bff_mode_is_documented_when_it_is_on(tmp_path):
+    from tests.bff import BFF_SECRET
+
+    client = create_app(mock_config(GATEWAY_BFF="true", GATEWAY_SESSION_SECRET=BFF_SECRET,
+                                    TMPDIR=str(tmp_path))).test_client()
+    document = client.get("/openapi.json").json
+    validate(document, cls=OpenAPIV31SpecValidator)
+    paths = {path: sorted(item) for path, item in document["paths"].items() if path.startswith("/bff/")}
+    assert paths == {"/bff/login": ["get"], "/bff/callback": ["get"], "/bff/user": ["get"], "/bff/logout": ["post"],
+                     "/bff/api/{name}/{path}": ["delete", "get", "patch", "post", "put"]}
+    user = document["paths"]["/bff/user"]["get"]
+    assert user["responses"]["401"]["content"]["application/json"]["schema"] == {
+        "type": "string", "enum": ["code=401, message=not logged in"]}
+    assert user["parameters"][0] == {"name": "X-CSRF", "in": "header", "required": True,
+                                     "description": "the CSRF defence of BFF mode",
+                                     "schema": {"type": "string", "enum": ["1"]}}
+    assert document["components"]["securitySchemes"]["bffSession"] == {
+        "type": "apiKey", "in": "cookie", "name": "__Host-edm-session"}
+    api = document["paths"]["/bff/api/{name}/{path}"]["get"]["responses"]
+    assert api["503"]["content"]["application/json"]["schema"]["enum"] == [
+        "code=503, message=authentication service unavailable", "code=503, message=upstream service unavailable"]

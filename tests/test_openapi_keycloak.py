@@ -1,9 +1,13 @@
 """Every documented endpoint driven against the real Keycloak, each real answer (status, body, documented headers)
 held to the document's schema for its status: the document cannot drift from the code."""
 
+from urllib.parse import urlsplit
+
 import pytest
 
 from gateway import create_app
+from gateway.keycloak import Tokens
+from tests.bff import LoopbackBrowser, bff_config, keycloak_login
 from tests.conftest import free_port, live_config
 from tests.openapi_check import Document
 
@@ -11,18 +15,24 @@ pytestmark = pytest.mark.keycloak  # the whole module: its last test reads what 
 
 # Statuses the document names that no request can provoke from outside (a bug in the gateway).
 UNPROVOKED = {"500"}
+BFF_PUBLIC_URL = "http://127.0.0.1:8999"  # Keycloak sends the browser there; this module's browser never goes
+API = "/bff/api/{name}/{path}"
+CSRF = {"X-CSRF": "1"}
 
 
 @pytest.fixture(scope="module")
-def checked():
-    """The document, and everything checked against it by the module's tests."""
-    return Document(create_app(live_config()).test_client().get("/openapi.json").json)
+def checked(tmp_path_factory):
+    """The document of a gateway with every profile and BFF mode on, and everything checked against it by the
+    module's tests."""
+    app = create_app(bff_config(GATEWAY_PUBLIC_URL=BFF_PUBLIC_URL, TMPDIR=str(tmp_path_factory.mktemp("bff"))))
+    return Document(app.test_client().get("/openapi.json").json)
 
 
 @pytest.fixture
 def call(live_client, checked):
     def call_(method, path, client=None, path_template=None, **kwargs):
-        return checked.check(path_template or path, method, (client or live_client).open(path, method=method, **kwargs))
+        template = path_template or path.split("?")[0]
+        return checked.check(template, method, (client or live_client).open(path, method=method, **kwargs))
     return call_
 
 
@@ -137,6 +147,88 @@ def test_operations_answers(call, kc):
 def checked_static(call, name, method="GET"):
     """A file of the tester page, held to the document's `/static/{file}`."""
     return call(method, f"/static/{name}", path_template="/static/{file}")
+
+
+def bff_client(tmp_path, **overrides):
+    return create_app(bff_config(GATEWAY_PUBLIC_URL=BFF_PUBLIC_URL, TMPDIR=str(tmp_path), **overrides)).test_client()
+
+
+def bff_log_in(call, client, user):
+    """The login through Keycloak's page, the callback answered by the test client; the session cookie's value."""
+    start = call("GET", "/bff/login", client=client, query_string={"returnUrl": "/"})
+    back = keycloak_login(LoopbackBrowser(), start.headers["Location"], user.username, user.password)
+    parts = urlsplit(back)
+    assert call("GET", parts.path + "?" + parts.query, client=client).status_code == 302
+    return client.get_cookie("__Host-edm-session").value
+
+
+def planted_session(client, expires_in=0):
+    """A session put straight into the client's store, its access token due for a refresh at once."""
+    sessions = client.application.extensions["bff_sessions"]
+    cookie, _ = sessions.create(Tokens("access", "refresh", expires_in, {"sub": "someone"}, 1800), "kc-sid")
+    client.set_cookie("__Host-edm-session", cookie)
+
+
+def test_bff_answers(call, kc, tmp_path, echo_upstream, silent_url, garbage_server):
+    upstreams = (f"echo={echo_upstream.url},down=http://127.0.0.1:{free_port()},"
+                 f"slow={silent_url.removesuffix('/auth/')},garbage={garbage_server.url}")
+    client = bff_client(tmp_path, GATEWAY_BFF_UPSTREAMS=upstreams, KEYCLOAK_TIMEOUT="0.5")
+    user = kc.create_user()
+    assert call("GET", "/bff/user", client=client, headers=CSRF).status_code == 401
+    assert call("GET", "/bff/logout", client=client, headers=CSRF).status_code == 405
+    assert call("POST", "/bff/logout?sid=x", client=client, headers=CSRF).status_code == 401
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        assert call(method, "/bff/api/echo/x", client=client, headers=CSRF, path_template=API).status_code == 401
+    cookie = bff_log_in(call, client, user)
+    assert cookie
+    assert call("GET", "/bff/login", client=client, query_string={"returnUrl": "//evil"}).status_code == 400
+    assert call("POST", "/bff/login", client=client).status_code == 405
+    assert call("GET", "/bff/callback?state=forged", client=client).status_code == 400
+    assert call("POST", "/bff/callback", client=client).status_code == 405
+    me = call("GET", "/bff/user", client=client, headers=CSRF)
+    assert me.json["message"] == user.id
+    assert call("GET", "/bff/user", client=client).status_code == 403
+    assert call("POST", "/bff/user", client=client, headers=CSRF).status_code == 405
+    assert call("POST", "/bff/logout?sid=other", client=client, headers=CSRF).status_code == 400
+    assert call("POST", "/bff/logout?sid=other", client=client).status_code == 403
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        def api(path, method=method, **kwargs):
+            return call(method, path, client=client, path_template=API, **kwargs).status_code
+
+        assert api("/bff/api/echo/x", headers=CSRF) == 200
+        assert api("/bff/api/echo/x") == 403
+        assert api("/bff/api/echo/../x", headers=CSRF) == 400
+        assert api("/bff/api/nowhere/x", headers=CSRF) == 404
+        assert api("/bff/api/echo/x", headers=CSRF, data=b"x" * 20000, content_type="application/json") == 413
+        assert api("/bff/api/down/x", headers=CSRF) == 503
+        assert api("/bff/api/slow/x", headers=CSRF) == 504
+        assert api("/bff/api/garbage/x", headers=CSRF) == 502
+    assert call("TRACE", "/bff/api/echo/x", client=client, headers=CSRF, path_template=API).status_code == 405
+    assert call("POST", me.json["session"]["logoutUrl"], client=client, headers=CSRF).status_code == 200
+
+
+def test_bff_upstream_failures(call, kc, tmp_path, silent_url):
+    """Keycloak unreachable, too slow or unusable at each step that calls it, and the session store down."""
+    for overrides, status in (({"KEYCLOAK_URL": f"http://127.0.0.1:{free_port()}/auth/"}, 503),
+                              ({"KEYCLOAK_URL": silent_url, "KEYCLOAK_TIMEOUT": "0.3"}, 504),
+                              ({"KEYCLOAK_REALM": "nosuchrealm"}, 502)):
+        client = bff_client(tmp_path / str(status), **overrides)
+        start = call("GET", "/bff/login", client=client)
+        state = dict(part.split("=", 1) for part in urlsplit(start.headers["Location"]).query.split("&"))["state"]
+        assert call("GET", f"/bff/callback?state={state}&code=c", client=client).status_code == status
+        planted_session(client)
+        assert call("GET", "/bff/user", client=client, headers=CSRF).status_code == status
+        planted_session(client, expires_in=300)
+        assert call("POST", "/bff/logout?sid=kc-sid", client=client, headers=CSRF).status_code == status
+    limited = bff_client(tmp_path / "limited", GATEWAY_LIMIT_PER_ADDRESS="1/minute")
+    planted_session(limited, expires_in=300)
+    assert [call("POST", "/bff/logout?sid=other", client=limited, headers=CSRF).status_code for _ in range(2)] == [
+        400, 429]
+    store_down = bff_client(tmp_path, GATEWAY_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    assert call("GET", "/bff/login", client=store_down).status_code == 503
+    store_down.set_cookie("__Host-edm-session", "a" * 43)
+    for method, path in (("GET", "/bff/callback?state=s"), ("GET", "/bff/user"), ("POST", "/bff/logout?sid=s")):
+        assert call(method, path, client=store_down, headers=CSRF).status_code == 503
 
 
 def test_every_documented_answer_was_seen(checked):

@@ -1,4 +1,5 @@
-// The tester page's one script: calls the gateway's EDM endpoints with fetch and shows their answers.
+// The tester page's one script: calls the gateway's EDM endpoints (and in BFF mode its /bff/ endpoints) with fetch
+// and shows their answers.
 // Tokens live in `session` below only, never in localStorage, sessionStorage or cookies; the page's
 // Content-Security-Policy enforces Trusted Types, so text is only ever set with textContent.
 
@@ -25,16 +26,22 @@ function shortened(body) {
 }
 
 // One call to the gateway. Its errors are JSON strings such as "code=400, message=wrong password", shown as sent.
-async function call(method, path, { json, accessToken } = {}) {
+// BFF calls (`bff`) carry `X-CSRF: 1` and the gateway's HttpOnly session cookie; the others no cookie at all.
+async function call(method, path, { json, accessToken, bff = false } = {}) {
   const headers = {};
   if (json !== undefined) headers["Content-Type"] = "application/json";
   if (accessToken) headers.Authorization = `Bearer ${accessToken}`;
+  if (bff) headers["X-CSRF"] = "1";
   show(byId("request-line"), `${method} ${path} …`);
   let response;
   let text;
   try {
     response = await fetch(path, {
-      method, headers, body: json === undefined ? undefined : JSON.stringify(json), credentials: "omit", cache: "no-store",
+      method,
+      headers,
+      body: json === undefined ? undefined : JSON.stringify(json),
+      credentials: bff ? "same-origin" : "omit",
+      cache: "no-store",
     });
     text = await response.text();
   } catch (failure) {
@@ -124,6 +131,59 @@ async function logOut() {
     // The old tokens stay, so that a tester can see the refresh token refused from now on.
     byId("session-state").textContent = "logged out: the session ended at Keycloak; the old tokens are kept";
   }
+}
+
+// BFF mode: the session lives on the gateway; this page only ever sees /bff/user's answer.
+const bff = { logoutUrl: "", endsAt: 0, timer: 0 };
+
+function showBffExpiry() {
+  const left = Math.max(0, Math.ceil((bff.endsAt - performance.now()) / 1000));
+  byId("bff-expires-in").textContent = left > 0 ? `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}` : "ended";
+  if (left === 0) clearInterval(bff.timer);
+}
+
+function showBffSession(body) {
+  const loggedIn = body !== null;
+  byId("bff-anonymous").hidden = loggedIn;
+  byId("bff-session").hidden = !loggedIn;
+  clearInterval(bff.timer);
+  if (!loggedIn) return;
+  byId("bff-username").textContent = body.user.username;
+  byId("bff-user-id").textContent = body.message;
+  bff.logoutUrl = body.session.logoutUrl;
+  bff.endsAt = performance.now() + body.session.expiresIn * 1000;
+  bff.timer = setInterval(showBffExpiry, 1000);
+  showBffExpiry();
+}
+
+async function bffUser(notice) {
+  const result = await call("GET", "/bff/user", { bff: true });
+  if (result.ok) {
+    report(result, notice);
+    showBffSession(result.body);
+  } else {
+    if (notice) report(result, "");
+    showBffSession(null);
+  }
+}
+
+async function bffLogOut() {
+  const result = await call("POST", bff.logoutUrl, { bff: true });
+  report(result, "Logged out: the gateway's session and Keycloak's ended.");
+  if (result.ok) showBffSession(null);
+}
+
+function bffLogIn() {
+  // A navigation, not a fetch: Keycloak's login page, then back to this page with the session cookie.
+  window.location.assign(`/bff/login?returnUrl=${encodeURIComponent(window.location.pathname)}`);
+}
+
+if (document.body.dataset.bff === "on") {
+  byId("bff-login").hidden = false;
+  byId("bff-login-button").addEventListener("click", bffLogIn);
+  byId("bff-user").addEventListener("click", () => busy(() => bffUser("You are logged in through the gateway's session.")));
+  byId("bff-logout").addEventListener("click", () => busy(bffLogOut));
+  busy(() => bffUser("Logged in with Keycloak: the tokens stay on the gateway."));
 }
 
 byId("login-form").addEventListener("submit", (event) => {

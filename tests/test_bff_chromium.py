@@ -1,0 +1,128 @@
+"""BFF mode end to end in Debian's Chromium against the real Keycloak: the tester page's `Log in with Keycloak`,
+Keycloak's own login page, back on the gateway with one `__Host-` cookie and no token in the browser, /bff/user
+with and without `X-CSRF`, a call through /bff/api/ to an echo upstream, logout, and Keycloak's session gone.
+
+The gateway runs on http://127.0.0.1:<port> and Keycloak on http://localhost:8180: two sites, as a portal and its
+identity provider usually are. So the SameSite=Strict cookie that the callback sets (after a redirect chain that
+started on Keycloak's page) does not come with the landing page's own request, and does with everything that
+page then asks for: the tests show both."""
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.bff import BffGateway
+from tests.test_browser_chromium import FETCH, csp_reports
+
+expect.set_options(timeout=15_000)
+JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.")
+
+
+@pytest.fixture(scope="module")
+def gateway(keycloak_realm, echo_upstream):
+    server = BffGateway(upstreams=f"echo={echo_upstream.url}/base")
+    yield server
+    server.stop()
+
+
+def log_in_with_keycloak(page, gateway, user):
+    """From the tester page through Keycloak's page and back; the landing page's own request."""
+    page.goto(gateway.url + "/")
+    page.get_by_role("button", name="Log in with Keycloak").click()
+    expect(page).to_have_url(re.compile(r"^http://localhost:8180/auth/realms/edm/protocol/openid-connect/auth\?"))
+    page.locator("#username").fill(user.username)
+    page.locator("#password").fill(user.password)
+    with page.expect_request(lambda request: request.url == gateway.url + "/") as landing:
+        page.locator("#kc-login").click()
+    return landing.value
+
+
+def gateway_cookies(browser_page, gateway):
+    return [c for c in browser_page.context.cookies() if c["domain"] == "127.0.0.1"]
+
+
+def test_logging_in_through_keycloak_and_using_the_session(gateway, browser_page, kc, echo_upstream):
+    user = kc.create_user(prefix="bff")
+    page = browser_page.page
+    landing = log_in_with_keycloak(page, gateway, user)
+
+    expect(page.locator("#bff-username")).to_have_text(user.username)  # the page's /bff/user call
+    expect(page.locator("#bff-user-id")).to_have_text(user.id)
+    expect(page.get_by_role("status")).to_have_text("Logged in with Keycloak: the tokens stay on the gateway.")
+    expect(page.locator("#answer-body")).to_contain_text(f'"logoutUrl": "/bff/logout?sid=')
+    expect(page.locator("#bff-expires-in")).to_have_text(re.compile(r"^(30:00|29:[0-5]\d)$"))
+
+    cookies = gateway_cookies(browser_page, gateway)
+    assert [c["name"] for c in cookies] == ["__Host-edm-session"]
+    cookie = cookies[0]
+    assert {k: cookie[k] for k in ("domain", "path", "httpOnly", "secure", "sameSite", "expires")} == {
+        "domain": "127.0.0.1", "path": "/", "httpOnly": True, "secure": True, "sameSite": "Strict", "expires": -1}
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", cookie["value"])  # 256 random bits; no token
+    assert page.evaluate("document.cookie") == ""
+    stored = browser_page.stored()
+    assert (stored["localStorage"], stored["sessionStorage"]) == ([], [])
+    assert not [c for c in browser_page.context.cookies() if JWT.search(c["value"])
+                and c["domain"] == "127.0.0.1"]
+
+    # SameSite=Strict after a cross-site redirect chain: not on the landing navigation, on what the page then asks
+    landing_headers = landing.all_headers()
+    assert landing_headers["sec-fetch-site"] == "cross-site" and "cookie" not in landing_headers
+    with page.expect_request(lambda request: request.url == gateway.url + "/bff/user") as user_call:
+        page.get_by_role("button", name="Who am I (BFF)").click()
+    assert user_call.value.all_headers()["cookie"] == f"__Host-edm-session={cookie['value']}"
+    expect(page.get_by_role("status")).to_have_text("You are logged in through the gateway's session.")
+    with page.expect_request(lambda request: request.url == gateway.url + "/") as typed:
+        page.goto(gateway.url + "/")  # a navigation the user starts (address bar, bookmark): same-site
+    assert typed.value.all_headers()["cookie"] == f"__Host-edm-session={cookie['value']}"
+    expect(page.locator("#bff-username")).to_have_text(user.username)
+
+    fetch = lambda path, init: page.evaluate(FETCH, [gateway.url + path, init])  # noqa: E731
+    answer = fetch("/bff/user", {"headers": {"X-CSRF": "1"}})
+    assert (answer["status"], answer["body"]["user"]["username"]) == (200, user.username)
+    assert answer["headers"]["cache-control"] == "no-store"
+    refused = fetch("/bff/user", {})
+    assert (refused["status"], refused["body"]) == (403, "code=403, message=missing csrf header")
+    sid = answer["body"]["session"]["logoutUrl"].split("sid=", 1)[1]
+
+    echoed = fetch("/bff/api/echo/orders?open=1", {"method": "POST", "body": '{"item": 7}',
+                                                   "headers": {"X-CSRF": "1", "Content-Type": "application/json"}})
+    assert echoed["status"] == 200
+    seen = echoed["body"]
+    assert (seen["method"], seen["path"], seen["body"]) == ("POST", "/base/orders?open=1", '{"item": 7}')
+    assert re.fullmatch(r"Bearer eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", seen["headers"]["Authorization"])
+    assert "Cookie" not in seen["headers"] and "X-CSRF" not in seen["headers"]
+    assert gateway_cookies(browser_page, gateway)[0]["value"] == cookie["value"]  # the upstream's Set-Cookie dropped
+
+    page.get_by_role("button", name="Log out (BFF)").click()
+    expect(page.get_by_role("status")).to_have_text("Logged out: the gateway's session and Keycloak's ended.")
+    expect(page.get_by_role("button", name="Log in with Keycloak")).to_be_visible()
+    assert gateway_cookies(browser_page, gateway) == []
+    assert fetch("/bff/user", {"headers": {"X-CSRF": "1"}})["body"] == "code=401, message=not logged in"
+    assert [s for s in kc.admin.get_sessions(user.id) if s["id"] == sid] == []
+    assert kc.admin.get_sessions(user.id) == []
+
+    assert browser_page.csp_violations() == [] and csp_reports(browser_page) == []
+    assert browser_page.page_errors == []
+
+
+def test_a_page_of_another_origin_cannot_use_the_session(gateway, browser_page, kc, static_sites, echo_upstream):
+    """Even with the session cookie in the browser, a page of another origin (of the same site: another port of
+    127.0.0.1, so SameSite does not stop the cookie) gets nothing: the preflight that its X-CSRF header needs is
+    refused, and a request it can send without one (a form-like POST, whose answer it could not read anyway) is
+    refused for the missing header before it goes anywhere."""
+    user = kc.create_user(prefix="bff")
+    page = browser_page.page
+    log_in_with_keycloak(page, gateway, user)
+    expect(page.locator("#bff-username")).to_have_text(user.username)
+    site, _ = static_sites
+    page.goto(site.origin + "/")
+    with_header = page.evaluate(FETCH, [gateway.url + "/bff/user", {"headers": {"X-CSRF": "1"},
+                                                                   "credentials": "include"}])
+    assert with_header == {"error": "TypeError: Failed to fetch"}
+    before = len(echo_upstream.received)
+    with page.expect_response(gateway.url + "/bff/api/echo/x") as blind:
+        page.evaluate(FETCH, [gateway.url + "/bff/api/echo/x", {"method": "POST", "credentials": "include",
+                                                                "mode": "no-cors", "body": "x=1"}])
+    assert blind.value.status == 403
+    assert len(echo_upstream.received) == before
