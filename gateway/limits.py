@@ -10,7 +10,8 @@
 - Strategy: moving window. It counts exactly the attempts of the last period, so there is no window edge at which
   twice the limit gets through, and the `Retry-After` it gives is exact: when the oldest counted attempt leaves the
   window. Its cost, one timestamp kept per counted attempt, is bounded by the limit itself.
-- Counts live in Redis with `GATEWAY_REDIS_URL` (all processes of all hosts), else in each worker process.
+- Counts live in Redis with `GATEWAY_REDIS_URL` (all processes of all hosts), else in each worker process
+  (`HostMemoryStorage`).
   A store that fails refuses the request with the 503 string; Flask-Limiter's `swallow_errors` stays off, so a
   limit is never skipped.
 - The client address is the socket peer, or with `GATEWAY_TRUSTED_PROXIES=N` what the N-th proxy from the gateway
@@ -21,11 +22,13 @@ import hashlib
 import ipaddress
 import logging
 import math
+import threading
 import time
 
 from flask import g, request
 from flask_limiter import Limit, Limiter
 from limits.errors import StorageError
+from limits.storage import MemoryStorage
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -48,6 +51,26 @@ UNKNOWN = "unknown"
 
 _login_schema = LoginSchema()
 _obtain_schema = TokenObtainSchema()
+
+
+class HostMemoryStorage(MemoryStorage):
+    """limits' in-process storage (`edm-memory://`), swept for expired entries once a second, not every 10 ms.
+
+    Its sweep walks every key's moving window, in a new timer thread each time: measured at 7.85 ms for the
+    windows of 4,096 client addresses, which at 100 sweeps a second kept 78% of a core busy per worker. Sweeping
+    less often only lets expired entries linger a second longer: the moving window counts only the entries inside
+    it, so no decision changes. (The override replaces a name-mangled private method of limits, pinned in
+    requirements.txt; `tests/test_limits.py` checks that it takes effect.)
+    """
+
+    STORAGE_SCHEME = ["edm-memory"]
+    SWEEP_SECONDS = 1.0
+
+    def _MemoryStorage__schedule_expiry(self):
+        if not self.timer.is_alive():
+            self.timer = threading.Timer(self.SWEEP_SECONDS, self._MemoryStorage__expire_events)
+            self.timer.daemon = True
+            self.timer.start()
 
 
 def client_address():
@@ -135,7 +158,7 @@ def init_app(app, settings, store):
                   methods=["POST"], exempt_when=lambda: login_username() is None, deduct_when=_login_failed),
         ],
         strategy="moving-window",
-        storage_uri=settings.redis_url if store is not None else "memory://",
+        storage_uri=settings.redis_url if store is not None else "edm-memory://",
         storage_options=options,
         key_prefix="edm-gateway",
         swallow_errors=False,  # a limit that cannot be checked refuses the request; it is never skipped

@@ -4,6 +4,9 @@
 -- Arguments after `--`: the requests file, the expected HTTP status.
 -- Requests file: one request a line, tab-separated: connection index (from 0), method, path, body, headers
 -- ("Name: value", any number).
+-- Every request comes from another client address (X-Forwarded-For, which the gateway trusts as one proxy's): 512
+-- per connection, so that each stays under the gateway's default limit of 100 a minute per address at any rate the
+-- bench reaches, and each address's moving window stays as small as a real client's.
 local json = require("json")
 
 local threads, next_connection = {}, 0
@@ -34,15 +37,20 @@ function init(args)
         headers[name] = value
       end
       local body = fields[4] ~= "" and fields[4] or nil
-      table.insert(requests, wrk.format(fields[2], fields[3], headers, body))
+      table.insert(requests, {method = fields[2], path = fields[3], headers = headers, body = body})
     end
   end
   if #requests == 0 then error("no requests for connection " .. connection) end
 end
 
+local sent = 0
+
 function request()
   turn = turn % #requests + 1
-  return requests[turn]
+  sent = sent + 1
+  local r = requests[turn]
+  r.headers["X-Forwarded-For"] = string.format("10.%d.%d.%d", connection, math.floor(sent / 256) % 2, sent % 256)
+  return wrk.format(r.method, r.path, r.headers, r.body)
 end
 
 function response(status, headers, body)
