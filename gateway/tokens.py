@@ -63,6 +63,30 @@ def unverified_claims(token):
     return claims if isinstance(claims, dict) else {}
 
 
+def read_signed(token, keys, refused):
+    """The claims of a compact JWS signed with RS256 by a key of the realm, with the key's kid and the key:
+    (claims, kid, key). Read as strictly as Keycloak writes its tokens (three canonical base64url segments, no
+    `crit`), the payload only once the signature holds; anything else raises `refused(reason)`."""
+    try:
+        header_text, payload_text, signature_text = token.split(".")
+        header = json.loads(_segment(header_text))
+        if (not isinstance(header, dict) or header.get("alg") != "RS256" or not isinstance(header.get("kid"), str)
+                or "crit" in header):  # no critical extension is understood here
+            raise refused("not an RS256 token with a kid")
+        kid = header["kid"]
+        key = keys.get(kid)
+        if key is None:
+            raise refused("signed by a key the realm does not publish")
+        if not RS256.verify(f"{header_text}.{payload_text}".encode(), key, _segment(signature_text)):
+            raise refused("bad signature")
+        claims = json.loads(_segment(payload_text))
+    except (ValueError, TypeError, UnicodeError, RecursionError) as exc:
+        raise refused(f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(claims, dict):
+        raise refused("claims not a JSON object")
+    return claims, kid, key
+
+
 class RealmKeys:
     """The realm's RS256 signing keys by `kid`.
 
@@ -194,22 +218,8 @@ class AccessTokens:
         return claims
 
     def _verify_signed(self, token):
-        try:
-            header_text, payload_text, signature_text = token.split(".")
-            header = json.loads(_segment(header_text))
-            if (not isinstance(header, dict) or header.get("alg") != "RS256" or not isinstance(header.get("kid"), str)
-                    or "crit" in header):  # no critical extension is understood here
-                raise InvalidAccessToken("not an RS256 token with a kid")
-            kid = header["kid"]
-            key = self.keys.get(kid)
-            if key is None:
-                raise InvalidAccessToken("signed by a key the realm does not publish")
-            if not RS256.verify(f"{header_text}.{payload_text}".encode(), key, _segment(signature_text)):
-                raise InvalidAccessToken("bad signature")
-            claims = json.loads(_segment(payload_text))  # read only once the signature holds
-        except (ValueError, TypeError, UnicodeError, RecursionError) as exc:
-            raise InvalidAccessToken(f"{type(exc).__name__}: {exc}") from None
-        if not isinstance(claims, dict) or claims.get("iss") != self.issuer:
+        claims, kid, key = read_signed(token, self.keys, InvalidAccessToken)
+        if claims.get("iss") != self.issuer:
             raise InvalidAccessToken("another issuer")
         if not isinstance(claims.get("sub"), str) or claims.get("typ") != "Bearer":
             raise InvalidAccessToken("not an access token")
@@ -262,21 +272,8 @@ class IdTokens:
 
     def verify(self, token, nonce, access_token):
         """The claims of a valid ID token for this login; else InvalidIdToken (a `login failed`)."""
-        try:
-            header_text, payload_text, signature_text = token.split(".")
-            header = json.loads(_segment(header_text))
-            if (not isinstance(header, dict) or header.get("alg") != "RS256" or not isinstance(header.get("kid"), str)
-                    or "crit" in header):
-                raise InvalidIdToken("ID token: not an RS256 token with a kid")
-            key = self.keys.get(header["kid"])
-            if key is None:
-                raise InvalidIdToken("ID token: signed by a key the realm does not publish")
-            if not RS256.verify(f"{header_text}.{payload_text}".encode(), key, _segment(signature_text)):
-                raise InvalidIdToken("ID token: bad signature")
-            claims = json.loads(_segment(payload_text))  # read only once the signature holds
-        except (ValueError, TypeError, UnicodeError, RecursionError) as exc:
-            raise InvalidIdToken(f"ID token: {type(exc).__name__}: {exc}") from None
-        if not isinstance(claims, dict) or claims.get("iss") != self.issuer:
+        claims, _, _ = read_signed(token, self.keys, lambda reason: InvalidIdToken(f"ID token: {reason}"))
+        if claims.get("iss") != self.issuer:
             raise InvalidIdToken("ID token: another issuer")
         self._check(claims, nonce, access_token)
         return claims
