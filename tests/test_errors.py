@@ -171,3 +171,12 @@ def test_unexpected_failure_is_logged_with_its_trace_and_never_shown(app, caplog
     assert (response.status_code, response.json) == (500, "code=500, message=internal server error")
     assert "hunter2" not in response.get_data(as_text=True)
     assert "Traceback" in caplog.text and "RuntimeError" in caplog.text
+
+
+def test_the_readme_explains_every_outcome():
+    """The outcome of each error is a label of the metrics and a field of the audit log: operators look it up."""
+    from tests.conftest import ROOT
+
+    outcomes = {c.outcome for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.GatewayError)}
+    readme = (ROOT / "README.md").read_text()
+    assert sorted(o for o in outcomes if f"`{o}`" not in readme) == []
