@@ -149,11 +149,16 @@ def test_me_makes_no_upstream_call_while_the_keys_are_cached(live_client, user, 
 
 
 def key_providers(kc):
-    """The realm's key providers as (id, provider, active, enabled, priority): what the key fixtures must restore."""
+    """The realm's key providers as (id, provider, active, enabled, priority): what the key fixtures must restore.
+    A fresh import writes no `active` or `enabled`, which mean "true"; Keycloak cannot remove them once set."""
     realm_id = kc.admin.get_realm("edm")["id"]
     providers = kc.admin.get_components({"parent": realm_id, "type": "org.keycloak.keys.KeyProvider"})
-    return sorted((p["id"], p["providerId"], *(p["config"].get(k) and p["config"][k][0]
-                                               for k in ("active", "enabled", "priority"))) for p in providers)
+
+    def setting(provider, name, default):
+        return (provider["config"].get(name) or [default])[0]
+
+    return sorted((p["id"], p["providerId"], setting(p, "active", "true"), setting(p, "enabled", "true"),
+                   setting(p, "priority", None)) for p in providers)
 
 
 def add_signing_key(kc, name, priority="500"):
