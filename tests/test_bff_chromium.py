@@ -50,7 +50,7 @@ def test_logging_in_through_keycloak_and_using_the_session(gateway, browser_page
     expect(page.locator("#bff-username")).to_have_text(user.username)  # the page's /bff/user call
     expect(page.locator("#bff-user-id")).to_have_text(user.id)
     expect(page.get_by_role("status")).to_have_text("Logged in with Keycloak: the tokens stay on the gateway.")
-    expect(page.locator("#answer-body")).to_contain_text(f'"logoutUrl": "/bff/logout?sid=')
+    expect(page.locator("#answer-body")).to_contain_text('"logoutUrl": "/bff/logout?sid=')
     expect(page.locator("#bff-expires-in")).to_have_text(re.compile(r"^(30:00|29:[0-5]\d)$"))
 
     cookies = gateway_cookies(browser_page, gateway)

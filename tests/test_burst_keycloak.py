@@ -8,7 +8,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import requests
 
 from tests.conftest import DEV_SECRET, LIVE_URL, Gunicorn
 from tests.loads import login, raw_login
