@@ -261,6 +261,8 @@ VARIABLES = {
     "GATEWAY_SESSION_SECRET": ("session_secret", _session_secret, ""),
     "GATEWAY_BFF_UPSTREAMS": ("bff_upstreams", _upstreams, ""),
     "GATEWAY_REDIS_URL": ("redis_url", _redis_url, ""),
+    # refresh-token rotation (gateway/rotation.py): how long the same old token gets the same new tokens
+    "GATEWAY_REFRESH_GRACE_SECONDS": ("refresh_grace_seconds", lambda n, v: whole_number(n, v, 0, 60), "10"),
     # gunicorn's (read by gateway/gunicorn_conf.py)
     "GATEWAY_BIND": ("bind", _bind, "127.0.0.1:8000"),
     "GATEWAY_WORKERS": ("workers", lambda n, v: whole_number(n, v, 1, 64), "2"),
@@ -305,6 +307,7 @@ class Settings:
     bff_upstreams: tuple = ()  # ((name, base URL), ...)
     # may carry a password (redis://:password@host): not in repr
     redis_url: str = field(default="", repr=False)
+    refresh_grace_seconds: int = 10
     bind: str = "127.0.0.1:8000"
     workers: int = 2
     threads: int = 8

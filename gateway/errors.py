@@ -14,7 +14,8 @@
     │   ├── AccountNotSetUp            403 account is not fully set up
     │   ├── InvalidRefreshToken        401 refresh token is invalid or expired
     │   │   ├── ExpiredRefreshToken
-    │   │   └── WrongTokenType         (an access token where a refresh token belongs)
+    │   │   ├── WrongTokenType         (an access token where a refresh token belongs)
+    │   │   └── RefreshReused          (spent before, presented after the grace: its session is ended)
     │   ├── MissingAccessToken         401 missing access token
     │   ├── InvalidAccessToken         401 access token is invalid or expired
     │   │   └── ExpiredAccessToken
@@ -26,7 +27,9 @@
     │   │   └── SessionEnded           (Keycloak no longer refreshes the session's tokens)
     │   ├── InvalidSessionId           400 invalid session id (BFF: /bff/logout?sid=)
     │   ├── UnknownUpstream            404 unknown upstream (BFF: a name not in GATEWAY_BFF_UPSTREAMS)
-    │   └── InvalidUpstreamPath        400 invalid upstream path (BFF: a path that would leave the upstream)
+    │   ├── InvalidUpstreamPath        400 invalid upstream path (BFF: a path that would leave the upstream)
+    │   ├── InvalidLogoutToken         400 invalid_request (back-channel logout: OpenID's JSON object)
+    │   └── SessionNotFound            404 session not found (a session id that is not one of the user's)
     ├── TooManyAttempts                429 too many login attempts (its `retry_after`, also sent as Retry-After)
     ├── LoginQueueTimeout              504 authentication service timed out (the username's turn did not come)
     ├── NotReady                       503 keycloak unavailable (/readyz: names what failed)
@@ -149,6 +152,10 @@ class WrongTokenType(InvalidRefreshToken):
     pass
 
 
+class RefreshReused(InvalidRefreshToken):
+    outcome = "refresh_reused"
+
+
 class MissingAccessToken(RequestError):
     code, message = 401, "missing access token"
     outcome = "missing_access_token"
@@ -228,6 +235,19 @@ class UnknownUpstream(RequestError):
 class InvalidUpstreamPath(RequestError):
     code, message = 400, "invalid upstream path"
     outcome = "invalid_upstream_path"
+
+
+class InvalidLogoutToken(RequestError):
+    """A back-channel logout without a logout token that passes every check (`gateway/backchannel.py` renders it
+    as Back-Channel Logout 1.0 says)."""
+
+    code, message = 400, "invalid logout token"
+    outcome = "invalid_logout_token"
+
+
+class SessionNotFound(RequestError):
+    code, message = 404, "session not found"
+    outcome = "session_not_found"
 
 
 class LoginQueueTimeout(GatewayError):
