@@ -17,9 +17,11 @@ A thread that waits for a turn is a thread that serves nobody else, so a burst o
 take every thread of the host. Each login therefore first takes one of `waiters + 1` places of its username (the
 turn's holder and the waiters), counted over the whole host, or over every host with Redis; when none is free it
 is refused at once (TooManyAttempts, 429 with Retry-After) instead of queueing. And within one worker process at
-most `threads - threads // 8` threads may be in line for one username: a worker keeps one thread in eight for
-everyone else even when all the places of a username happen to be in it (gunicorn hands a worker's queued
-requests to its threads in order, so a worker whose every thread waits serves the others only as turns end). On a host a place is an
+most `threads - max(1, threads // 8)` threads may be in line for one username: a worker keeps one thread in eight,
+and at least one whenever it has two or more, for everyone else even when all the places of a username happen to
+be in it (gunicorn hands a worker's queued requests to its threads in order, so a worker whose every thread waits
+serves the others only as turns end). `threads` is the worker's real count, as gunicorn resolved it
+(`gateway/gunicorn_conf.py` tells each worker before it builds the app). On a host a place is an
 open-file-description lock on one byte of the username's lock file (`F_OFD_SETLK`: per open file, so per
 thread, and released by the kernel when the file is closed or its process dies). With Redis the places are the
 members of a sorted set scored by their expiry, added and counted by one Lua script, so places of a crashed
@@ -76,6 +78,12 @@ def _no_place(where):
                            retry_after=RETRY_AFTER)
 
 
+def in_line_bound(threads):
+    """How many of a worker's `threads` may hold or wait for one username's turn: all but one in eight, and all but
+    one whenever there are two or more."""
+    return max(1, threads - max(1, threads // 8))
+
+
 class _Queue:
     """The threads of this process that hold or wait for one username's turn."""
 
@@ -93,7 +101,7 @@ class _Turns:
         self.timeout = timeout
         self.waiters = waiters
         # None: no bound of its own (a process not serving requests from a fixed number of threads)
-        self.in_line_per_process = max(1, threads - threads // 8) if threads else None
+        self.in_line_per_process = in_line_bound(threads) if threads else None
         self._queues = {}
         self._guard = threading.Lock()
 
