@@ -226,7 +226,8 @@ def test_a_shared_turn_lasts_while_its_holder_is_inside_longer_than_its_expiry(s
 
 
 def _hold_shared_turn(url, ready):
-    turns = SharedTurns(Store(create_app(mock_config(GATEWAY_REDIS_URL=url)).config["SETTINGS"]), timeout=1)
+    turns = SharedTurns(RedisStore.from_settings(create_app(mock_config(GATEWAY_REDIS_URL=url)).config["SETTINGS"]),
+                        timeout=1)
     with turns.hold("ahmadakbar"):
         ready.set()
         time.sleep(60)  # until killed
