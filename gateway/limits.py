@@ -5,8 +5,8 @@
   payload that fails it counts per address only). Sharing them means alternating `/api/login` and
   `/users/login/` gains an attacker nothing.
 - Every other POST endpoint has the per-address limit, each endpoint its own count, and so has BFF mode's login
-  start (`GET /bff/login`, and HEAD, which runs the same view): each stores a login record, so an address cannot
-  fill the store. Other GETs (`/api/me`, `/healthz`, `/readyz`, `/metrics`) are never limited, nor is BFF mode's API proxy
+  start (`GET /bff/login`, and HEAD, which runs the same view): an anonymous request that costs a sealed login
+  (and, where one is kept, a record), so one address cannot make them without bound. Other GETs (`/api/me`, `/healthz`, `/readyz`, `/metrics`) are never limited, nor is BFF mode's API proxy
   (`/bff/api/`): its calls are the portal's own API traffic through a logged-in session, not attempts at
   credentials.
 - Strategy: moving window. It counts exactly the attempts of the last period, so there is no window edge at which
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 # The login endpoints, and the HTTP status of their answer to a credential or account-state failure.
 LOGIN_ENDPOINTS = {"api.login": 400, "simplejwt.login": 401}
 LOGIN_SCOPE = "login"
-# The one endpoint limited whatever its method: an anonymous login start, which stores a login record.
+# The one endpoint limited although it is a GET: an anonymous login start.
 LOGIN_START = "bff.login"
 # What a limit's key function returns when the request gives no value: an empty key would skip the limit.
 UNKNOWN = "unknown"

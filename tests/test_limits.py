@@ -225,7 +225,7 @@ def login_start(client, method="GET", address="10.0.0.1"):
     return client.open("/bff/login?returnUrl=/orders", method=method, environ_base={"REMOTE_ADDR": address})
 
 
-def test_login_starts_count_per_address_and_the_refusal_stores_nothing(tmp_path, keycloak):
+def test_login_starts_count_per_address_and_a_refused_one_sets_no_cookie(tmp_path, keycloak):
     client = bff_limited_app(tmp_path, "3/minute").test_client()
     started = [login_start(client), login_start(client, "HEAD"), login_start(client)]
     assert [(a.status_code, "__Host-edm-login=" in a.headers.get("Set-Cookie", "")) for a in started] == [
