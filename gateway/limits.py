@@ -6,9 +6,9 @@
   `/users/login/` gains an attacker nothing.
 - Every other POST endpoint has the per-address limit, each endpoint its own count, and so has BFF mode's login
   start (`GET /bff/login`, and HEAD, which runs the same view): an anonymous request that costs a sealed login
-  (and, where one is kept, a record), so one address cannot make them without bound. Other GETs (`/api/me`, `/healthz`, `/readyz`, `/metrics`) are never limited, nor is BFF mode's API proxy
-  (`/bff/api/`): its calls are the portal's own API traffic through a logged-in session, not attempts at
-  credentials.
+  (and, where one is kept, a record), so one address cannot make them without bound. Other GETs (`/api/me`,
+  `/healthz`, `/readyz`, `/metrics`) are never limited, nor is BFF mode's API proxy (`/bff/api/`): its calls are
+  the portal's own API traffic through a logged-in session, not attempts at credentials.
 - Strategy: moving window. It counts exactly the attempts of the last period, so there is no window edge at which
   twice the limit gets through, and the `Retry-After` it gives is exact: when the oldest counted attempt leaves the
   window. Its cost, one timestamp kept per counted attempt, is bounded by the limit itself.
