@@ -15,8 +15,9 @@ from tests.conftest import DEV_SECRET, LIVE_URL, Gunicorn
 from tests.loads import login, raw_login
 
 BURST = 80
-# Generous for a loaded 2-core machine, and well under the 4-6 s of a worker whose every thread waits in line.
-PROMPT_SECONDS = 2.0
+# Generous for a loaded 2-core machine (1.6 s seen at a load of 9), under the 4.3-6 s of a worker whose every
+# thread waits in line.
+PROMPT_SECONDS = 3.0
 
 
 @pytest.fixture(params=["host, limits off", "redis, limits on"])
