@@ -11,7 +11,7 @@ def create_app(test_config=None):
 
     from gateway import api, backchannel, limits, observe, ops, simplejwt, store, tester
     from gateway.browser import register_browser_headers
-    from gateway.config import load_settings
+    from gateway.config import check_server, load_settings
     from gateway.errors import register_error_handlers
     from gateway.keycloak import Keycloak
     from gateway.logs import configure_logging, register_secret
@@ -21,6 +21,7 @@ def create_app(test_config=None):
     configure_logging()
     app = Flask(__name__, static_folder=None)  # gateway/static/ is the tester page's, served only with it
     settings = load_settings(overrides=test_config)
+    check_server(settings)
     register_secret(settings.client_secret)
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 # Endpoints whose request-caused failures answer HTTP 400 with the precise meaning in `code` (the seed's contract).
 STATUS_400_ENDPOINTS = frozenset({"api.login"})
+# The password logins: the SimpleJWT profile and enumeration-safe mode word all their account failures alike.
+LOGIN_ENDPOINTS = frozenset({"api.login", "simplejwt.login"})
 
 
 class GatewayError(Exception):
@@ -383,14 +385,26 @@ def _simplejwt_error(error):
     return _response({"detail": detail}, status)
 
 
+def answered(error):
+    """The error an answer tells, whose `outcome` the metrics and the audit log count: where the SimpleJWT profile or
+    enumeration-safe mode words every credential and account-state failure of a login alike, InvalidCredentials,
+    the real cause kept in its `reason` (the audit log's, never a metric's)."""
+    if not isinstance(error, ACCOUNT_ERRORS) or request.endpoint not in LOGIN_ENDPOINTS:
+        return error
+    if _simplejwt_profile() or current_app.config["SETTINGS"].hide_account_state:
+        return InvalidCredentials(error.reason)
+    return error
+
+
 def handle_gateway_error(error):
-    """Render a GatewayError in the shape of the profile the request belongs to."""
-    record_outcome(error.outcome, error.reason)
+    """Render a GatewayError in the shape of the profile the request belongs to, and record the outcome it tells."""
+    shown = answered(error)
+    record_outcome(shown.outcome, error.reason)
     if isinstance(error, (UpstreamError, ApiUpstreamError)):
         log.warning("upstream failure on %s: %s", request.path, error.reason)
     elif isinstance(error, LoginQueueTimeout):
         log.warning("login queue timeout on %s: %s", request.path, error.reason)
-    return _simplejwt_error(error) if _simplejwt_profile() else _edm_error(error)
+    return _simplejwt_error(shown) if _simplejwt_profile() else _edm_error(shown)
 
 
 METHOD_ORDER = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]

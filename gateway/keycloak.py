@@ -385,5 +385,10 @@ class Keycloak:
             claims = self.tokens.verify(access)
         except InvalidAccessToken as exc:
             raise UpstreamBadResponse(f"Keycloak issued a token the gateway cannot verify: {exc.reason}") from None
+        # The token's own lifetime: Keycloak's expires_in counts down from its clock as it answers (299 for the
+        # same 300-second token when an answer crosses a second).
+        issued = claims.get("iat")
+        if type(issued) is int and type(claims["exp"]) is int:
+            expires_in = claims["exp"] - issued
         return Tokens(access, refresh, expires_in, claims,
                       refresh_expires_in if type(refresh_expires_in) is int else 0)

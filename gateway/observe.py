@@ -45,7 +45,7 @@ def start():
 
 
 def record_outcome(outcome, reason=None):
-    """The documented answer this request got (an error's `outcome`), and what really happened."""
+    """The documented answer this request got (the `outcome` of the error it told), and what really happened."""
     g.outcome, g.reason = outcome, reason
 
 

@@ -334,8 +334,9 @@ def test_a_new_login_in_the_same_browser_ends_its_previous_session(client, realm
 
 
 def test_anonymous_login_starts_store_nothing(client, app):
-    for _ in range(200):
-        assert client.get("/bff/login", query_string={"returnUrl": "/" + "a" * 511}).status_code == 302
+    for i in range(200):  # from 200 addresses: each one's login starts count against its per-address limit
+        assert client.get("/bff/login", query_string={"returnUrl": "/" + "a" * 511},
+                          environ_base={"REMOTE_ADDR": f"10.0.0.{i}"}).status_code == 302
         client.delete_cookie("__Host-edm-login")  # each start a new "browser"
     store = app.extensions["store"]
     assert store._execute("count", "SELECT count(*) FROM entries").fetchone()[0] == 0
