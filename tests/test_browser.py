@@ -174,7 +174,8 @@ def preflight(client, path, origin, method="POST", **extra):
 
 @pytest.mark.parametrize("path, method", [
     ("/api/login", "POST"), ("/api/refresh", "POST"), ("/api/logout", "POST"), ("/api/me", "GET"),
-    ("/users/login/", "POST"), ("/api/nowhere", "POST"), ("/", "GET"),
+    ("/users/login/", "POST"), ("/api/nowhere", "POST"), ("/", "GET"), ("/api/sessions", "GET"),
+    ("/api/sessions/some-id", "DELETE"),
 ])
 def test_a_preflight_of_an_allowed_origin_is_answered_for_the_documented_methods_and_headers(cors_client, path,
                                                                                           method):
@@ -182,7 +183,7 @@ def test_a_preflight_of_an_allowed_origin_is_answered_for_the_documented_methods
     assert (response.status_code, response.data) == (204, b"")
     assert cors_headers(response) == {
         "Access-Control-Allow-Origin": PORTAL,
-        "Access-Control-Allow-Methods": "GET, POST",
+        "Access-Control-Allow-Methods": "GET, POST, DELETE",
         "Access-Control-Allow-Headers": "Content-Type, Authorization, X-Request-ID, X-CSRF",
         "Access-Control-Max-Age": "600",
     }  # never Allow-Credentials, never Allow-Private-Network
