@@ -304,8 +304,9 @@ def test_the_form_is_labelled_and_the_bff_place_is_hidden(page_parts):
     assert ids[page_parts.labels["Username"]][1]["autocomplete"] == "username"
     assert ids[page_parts.labels["Password"]][1]["type"] == "password"
     assert page_parts.buttons == ["Log in", "Log in with Keycloak", "Who am I (BFF)", "Log out (BFF)", "Refresh",
-                                  "Who am I", "Log out"]
+                                  "Who am I", "Log out", "List sessions"]
     assert "hidden" in ids["bff-login"][1]  # until the script finds the gateway in BFF mode
+    assert "hidden" in ids["sessions"][1]  # until a login, of either kind
     assert ids["login-form"][1] == {"id": "login-form", "method": "post", "action": "/api/login"}
 
 
