@@ -350,13 +350,18 @@ def test_logout_of_a_session_keycloak_ended_already_succeeds(client, realm, sign
     assert answer.status_code == 200
 
 
-def test_an_expiring_access_token_is_refreshed_before_use(client, realm):
+def advance(app, seconds):
+    """Move the BFF sessions' clock on, instead of waiting for an access token to come due."""
+    app.extensions["bff_sessions"].clock = lambda: time.time() + seconds
+
+
+def test_an_expiring_access_token_is_refreshed_before_use(client, realm, app):
     realm.expires_in = 5  # a fifth of its life is the margin: 1 s
     log_in(client, realm)
     first = client.get("/bff/user", headers=CSRF)
     assert first.status_code == 200 and [g["grant_type"] for g in realm.grants] == ["authorization_code"]
     realm.expires_in = 300
-    time.sleep(4.1)
+    advance(app, 4.1)
     assert client.get("/bff/user", headers=CSRF).status_code == 200
     assert [g["grant_type"] for g in realm.grants] == ["authorization_code", "refresh_token"]
     assert realm.grants[-1]["refresh_token"] == "refresh-token-1"
@@ -365,10 +370,10 @@ def test_an_expiring_access_token_is_refreshed_before_use(client, realm):
     assert len(realm.grants) == 2  # the new token lives 300 s
 
 
-def test_a_session_whose_refresh_is_refused_is_ended(client, realm):
+def test_a_session_whose_refresh_is_refused_is_ended(client, realm, app):
     realm.expires_in = 5  # due for a refresh at once (margin: 1 s) after 4 s
     log_in(client, realm)
-    time.sleep(4.1)
+    advance(app, 4.1)
     realm.refusal = (400, {"error": "invalid_grant", "error_description": "Session not active"})
     cookie = client.get_cookie("__Host-edm-session").value
     answer = client.get("/bff/user", headers=CSRF)
@@ -468,7 +473,7 @@ def test_the_tester_page_offers_the_keycloak_login_in_bff_mode(client, tmp_path)
     assert b'<body data-bff="on">' not in create_app(mock_config()).test_client().get("/").data
 
 
-def test_audit_events_and_no_secret_in_any_line(client, realm, caplog):
+def test_audit_events_and_no_secret_in_any_line(client, realm, caplog, app):
     import logging
 
     from gateway.logs import JsonFormatter
@@ -480,7 +485,7 @@ def test_audit_events_and_no_secret_in_any_line(client, realm, caplog):
     code = realm.expect(location)
     client.get("/bff/callback", query_string={"state": query["state"][0], "code": code, "iss": ISSUER})
     cookie = client.get_cookie("__Host-edm-session").value
-    time.sleep(4.1)
+    advance(app, 4.1)
     client.post("/bff/api/echo/x?token=in-the-query", headers=CSRF, data="body")  # refreshed first
     client.post("/bff/logout?sid=kc-session-1", headers=CSRF)
     lines = [JsonFormatter().format(record) for record in caplog.records]
