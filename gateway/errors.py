@@ -46,9 +46,11 @@ errors as Django REST Framework and SimpleJWT word them.
 """
 
 import logging
+from urllib.parse import urlsplit
 
 from flask import current_app, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 
 from gateway.observe import record_outcome
 
@@ -413,8 +415,24 @@ def handle_unexpected_error(error):
     return _response(edm_body(500, "internal server error"), 500)
 
 
+def relative_redirect():
+    """werkzeug's routing redirects (slashes merged, a trailing slash added) as a bare redirect to the path alone: the
+    URL werkzeug writes names whatever host the client sent (`Host: evil.example`)."""
+    redirect = request.routing_exception
+    if not isinstance(redirect, RequestRedirect):
+        return None
+    parts = urlsplit(redirect.new_url)
+    # One leading slash: `//host` or `/\\host` would be another host to a browser.
+    location = "/" + parts.path.lstrip("/\\") + (f"?{parts.query}" if parts.query else "")
+    response = current_app.response_class(status=redirect.code, headers={"Location": location})
+    del response.headers["Content-Type"]
+    return response
+
+
 def register_error_handlers(app):
     """Install the handlers once; every error of every endpoint goes through them."""
+    # Flask passes routing redirects to no error handler: they are caught before the view instead.
+    app.before_request(relative_redirect)
     app.register_error_handler(GatewayError, handle_gateway_error)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(Exception, handle_unexpected_error)
