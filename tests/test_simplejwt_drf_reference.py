@@ -79,7 +79,8 @@ CASES = {
                                                "application/json; charset=utf-16"),
     "refresh: charset base64": ("POST", "/users/refresh/", base64.b64encode(b'{"refresh": "x"}'),
                                 "application/json; charset=base64"),
-    "verify: charset zlib": ("POST", "/users/verify/", zlib.compress(b'{"token": "x"}'), "application/json; charset=zlib"),
+    "verify: charset zlib": ("POST", "/users/verify/", zlib.compress(b'{"token": "x"}'),
+                             "application/json; charset=zlib"),
     "login: multipart without a boundary": ("POST", "/users/login/", b"username=a", "multipart/form-data"),
     "login: multipart file parts": ("POST", "/users/login/", (
         b'------b\r\nContent-Disposition: form-data; name="username"; filename="u.txt"\r\n\r\nahmadakbar\r\n'
