@@ -26,7 +26,8 @@
     │   │   └── SessionEnded           (Keycloak no longer refreshes the session's tokens)
     │   ├── InvalidSessionId           400 invalid session id (BFF: /bff/logout?sid=)
     │   ├── UnknownUpstream            404 unknown upstream (BFF: a name not in GATEWAY_BFF_UPSTREAMS)
-    │   └── InvalidUpstreamPath        400 invalid upstream path (BFF: a path that would leave the upstream)
+    │   ├── InvalidUpstreamPath        400 invalid upstream path (BFF: a path that would leave the upstream)
+    │   └── BodyNotAllowed             400 body not allowed (BFF: a GET or HEAD with a body)
     ├── TooManyAttempts                429 too many login attempts (its `retry_after`, also sent as Retry-After)
     ├── LoginQueueTimeout              504 authentication service timed out (the username's turn did not come)
     ├── NotReady                       503 keycloak unavailable (/readyz: names what failed)
@@ -230,6 +231,14 @@ class UnknownUpstream(RequestError):
 class InvalidUpstreamPath(RequestError):
     code, message = 400, "invalid upstream path"
     outcome = "invalid_upstream_path"
+
+
+class BodyNotAllowed(RequestError):
+    """A GET or HEAD to the proxy with a body: an upstream that leaves it unread would take it for the next request
+    on the connection, which the pool shares between users."""
+
+    code, message = 400, "body not allowed"
+    outcome = "body_not_allowed"
 
 
 class LoginQueueTimeout(GatewayError):

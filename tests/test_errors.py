@@ -41,6 +41,7 @@ GATEWAY_ERRORS = [
     (errors.InvalidSessionId, 400, "code=400, message=invalid session id"),
     (errors.UnknownUpstream, 404, "code=404, message=unknown upstream"),
     (errors.InvalidUpstreamPath, 400, "code=400, message=invalid upstream path"),
+    (errors.BodyNotAllowed, 400, "code=400, message=body not allowed"),
     (errors.ApiUpstreamError, 500, "code=500, message=internal server error"),
     (errors.ApiUnavailable, 503, "code=503, message=upstream service unavailable"),
     (errors.ApiTimeout, 504, "code=504, message=upstream service timed out"),
