@@ -232,7 +232,7 @@ def _bff_operations():
             "responses": {"default": proxied,
                           **_bff_failures(e.InvalidUpstreamPath, *((e.BodyNotAllowed,) if method == "get" else ()),
                                           e.NotLoggedIn, e.MissingCsrfHeader, e.UnknownUpstream, api=True,
-                                          body=True, methods=method == "get")},
+                                          body=method != "get", methods=method == "get")},
         }
 
 
