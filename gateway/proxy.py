@@ -122,7 +122,7 @@ def _climbs(part, last):
         decoded = unquote(part, errors="strict")
     except UnicodeDecodeError:
         return True
-    for form in (decoded, unicodedata.normalize("NFKC", decoded)):
+    for form in (decoded,) if decoded.isascii() else (decoded, unicodedata.normalize("NFKC", decoded)):
         name, semicolon, _ = form.partition(";")
         if "/" in form or "\\" in form or name in (".", "..") or (name == "" and (semicolon or not last)):
             return True
