@@ -25,7 +25,15 @@ from werkzeug.routing import BaseConverter
 
 from gateway import keycloak, observe, proxy
 from gateway.api import json_response, user_of
-from gateway.errors import InvalidReturnUrl, InvalidSessionId, LoginFailed, MissingCsrfHeader, UpstreamError
+from gateway.errors import (
+    InvalidReturnUrl,
+    InvalidSessionId,
+    LoginFailed,
+    MissingCsrfHeader,
+    NotLoggedIn,
+    UpstreamError,
+    handle_gateway_error,
+)
 from gateway.logins import LOGIN_SECONDS, Logins, code_challenge
 from gateway.logs import register_secret
 from gateway.sessions import Sessions
@@ -80,10 +88,18 @@ def require_csrf_header():
 
 @bp.after_request
 def session_headers(response):
-    """Nothing of a session is cached; a cookie that names no session any more is expired."""
+    """Nothing of a session is cached."""
     if request.endpoint != "bff.api" or "Cache-Control" not in response.headers:
         response.headers["Cache-Control"] = "no-store"
-    if response.status_code == 401 and SESSION_COOKIE in request.cookies:
+    return response
+
+
+@bp.errorhandler(NotLoggedIn)
+def not_logged_in(error):
+    """The gateway's own "not logged in": a cookie that names no session any more is expired. (An upstream's 401,
+    passed on by the proxy, is the upstream's word on one call and leaves the session alone.)"""
+    response = handle_gateway_error(error)
+    if SESSION_COOKIE in request.cookies:
         expire_cookie(response, SESSION_COOKIE, "Strict")
     return response
 
@@ -215,6 +231,7 @@ def logout():
 def api(target):
     """Forward to the upstream named in the path, with the session's access token."""
     name, path, query = proxy.request_target()
+    proxy.check_body()
     session = current_session()
     return proxy.current().forward(name, path, query, session.access_token)
 

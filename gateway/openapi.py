@@ -220,7 +220,8 @@ def _bff_operations():
                    "description": "an upstream of GATEWAY_BFF_UPSTREAMS"},
                   {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
                    "description": "the rest of the path, slashes included, forwarded as sent (no `.` or `..` "
-                                  "segment, encoded slash or backslash, or empty segment)"}]
+                                  "segment, also not before a `;` or in another spelling, no encoded slash or "
+                                  "backslash, no empty segment)"}]
     proxied = {"description": "the upstream's answer, of any status, streamed as it came (hop-by-hop headers, "
                               "Set-Cookie and CORS headers left out); the statuses listed are the gateway's own",
                "content": {"*/*": {"schema": {}}}}
@@ -231,15 +232,17 @@ def _bff_operations():
             "parameters": parameters, "security": [{"bffSession": []}],
             **({"requestBody": {"content": {"*/*": {"schema": {}}}}} if method in ("post", "put", "patch") else {}),
             "responses": {"default": proxied,
-                          **_bff_failures(e.InvalidUpstreamPath, e.NotLoggedIn, e.MissingCsrfHeader,
-                                          e.UnknownUpstream, api=True, body=True, methods=method == "get")},
+                          **_bff_failures(e.InvalidUpstreamPath, *((e.BodyNotAllowed,) if method == "get" else ()),
+                                          e.NotLoggedIn, e.MissingCsrfHeader, e.UnknownUpstream, api=True,
+                                          body=method != "get", methods=method == "get")},
         }
 
 
 def _drf_failures(unauthorized):
     """The SimpleJWT profile's failures: DRF's shapes."""
     return {
-        "400": _answer("field errors, or a body that does not parse",
+        "400": _answer("field errors, or a body that does not parse (also one of a charset that is no text "
+                       "encoding)",
                        {"oneOf": [{"$ref": "#/components/schemas/DrfFieldErrors"},
                                   {"$ref": "#/components/schemas/DrfDetail"}]}),
         "401": _answer("refused", unauthorized, "WWW-Authenticate"),

@@ -199,7 +199,8 @@ def test_bff_answers(call, kc, tmp_path, echo_upstream, silent_url, garbage_serv
         assert api("/bff/api/echo/x") == 403
         assert api("/bff/api/echo/../x", headers=CSRF) == 400
         assert api("/bff/api/nowhere/x", headers=CSRF) == 404
-        assert api("/bff/api/echo/x", headers=CSRF, data=b"x" * 20000, content_type="application/json") == 413
+        too_large = api("/bff/api/echo/x", headers=CSRF, data=b"x" * 20000, content_type="application/json")
+        assert too_large == (400 if method == "GET" else 413)  # a GET's body is refused before it is read
         assert api("/bff/api/down/x", headers=CSRF) == 503
         assert api("/bff/api/slow/x", headers=CSRF) == 504
         assert api("/bff/api/garbage/x", headers=CSRF) == 502
