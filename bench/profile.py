@@ -10,7 +10,8 @@ refresh, bare Flask for `/api/me` and the rejected payload; a login has only Key
   process, which says what the feature costs; and the micro kinds: one hit of the `limits` storage, one
   token-endpoint call through requests and through urllib3.
 
-    python -m bench.profile [--seconds 12] [--only pyspy|callgrind] [--results DIR]
+    python -m bench.profile [--seconds 12] [--only pyspy|callgrind] [--kinds refresh,login,me,rejected]
+                            [--results DIR]
 
 Needs a running Keycloak, py-spy (bench/requirements-profile.txt) and valgrind; writes a JSON and prints tables.
 """
@@ -73,6 +74,7 @@ def options(argv):
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=12, help="seconds of load per py-spy phase (default 12)")
     parser.add_argument("--only", choices=("pyspy", "callgrind"))
+    parser.add_argument("--kinds", default=",".join(PYSPY_KINDS), help="the py-spy phases' kinds (default: all)")
     parser.add_argument("--keycloak-url", default="http://localhost:8180/auth/")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     return parser.parse_args(argv)
@@ -163,6 +165,8 @@ def pyspy(args, realm, users, results):
     env = {**servers.environment(args.keycloak_url, CLIENT_SECRET, realm.name), "GATEWAY_WORKERS": "1"}
     found = {}
     for kind, (reference, connections) in PYSPY_KINDS.items():
+        if kind not in args.kinds.split(","):
+            continue
         for name in ("gateway", reference):
             if name is None:
                 continue
