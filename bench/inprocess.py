@@ -7,8 +7,9 @@ count is theirs alone: no start-up, no import, no warm-up.
 
 `--off` switches a feature of the gateway off in this process only (a scratch ablation; `gateway/` is not
 touched), so that two counts say what the feature costs. Micro kinds measure one piece alone: `limits-hit` (the
-`limits` library's moving window hit directly, as the gateway's storage holds it), `http-requests` and
-`http-urllib3` (one token-endpoint call through requests' Session and adapter, or through urllib3's pool).
+`limits` library's moving window hit directly, as the gateway's storage holds it), `http-requests`,
+`http-adapter` and `http-urllib3` (one token-endpoint call through a requests Session, through requests'
+adapter alone with a prepared request as `gateway/keycloak.py` sends it, or through urllib3's pool).
 Prints one JSON line: the statuses answered.
 """
 
@@ -23,7 +24,7 @@ from urllib.parse import urlencode
 
 from bench.realm import CLIENT_ID, CLIENT_SECRET, PASSWORD
 
-KINDS = ("refresh", "login", "me", "rejected", "limits-hit", "http-requests", "http-urllib3")
+KINDS = ("refresh", "login", "me", "rejected", "limits-hit", "http-requests", "http-adapter", "http-urllib3")
 WARMUP = 20
 
 
@@ -126,7 +127,7 @@ def wsgi_caller(app):
 def requests_of(args, app):
     """one(n) -> status: the n-th request of `--kind`."""
     json_type = ("Content-Type", "application/json")
-    if args.kind in ("limits-hit", "http-requests", "http-urllib3"):
+    if args.kind in ("limits-hit", "http-requests", "http-adapter", "http-urllib3"):
         return micro(args)
     call = wsgi_caller(app)
     users = args.users.split(",")
@@ -172,6 +173,22 @@ def micro(args):
         session = requests.Session()
         session.mount("http://", HTTPAdapter(pool_maxsize=8, max_retries=0))
         return lambda n: session.post(url, data=form, timeout=5).status_code
+    if args.kind == "http-adapter":
+        import requests
+        from requests.adapters import HTTPAdapter
+        from requests.structures import CaseInsensitiveDict
+
+        adapter, body = HTTPAdapter(pool_connections=1, pool_maxsize=8, max_retries=0), urlencode(form)
+
+        def send(n):
+            request = requests.PreparedRequest()
+            request.url, request.hooks, request.method, request.body = url, {"response": []}, "POST", body
+            request.headers = CaseInsensitiveDict({"Accept": "application/json", "Content-Length": str(len(body)),
+                                                   "Content-Type": "application/x-www-form-urlencoded"})
+            answer = adapter.send(request, timeout=5)
+            answer.content
+            return answer.status_code
+        return send
     import urllib3
 
     pool = urllib3.PoolManager(maxsize=8, retries=False, timeout=urllib3.Timeout(connect=5, read=5))
