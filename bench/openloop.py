@@ -32,12 +32,17 @@ def binary():
             raise RuntimeError("bench: Go is needed to build the open-loop generator (Debian package golang-go; "
                                "scripts/prerequisites.sh bench installs it)")
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
+        # A name of its own per build, renamed into place: two benches building at once never share a file.
+        partial = Path(tempfile.mkdtemp(prefix="openloop-", dir=target.parent)) / "openloop"
         # No toolchain download, no C: the standard library of the Go that is here.
         env = {**os.environ, "GOTOOLCHAIN": "local", "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod"}
-        subprocess.run([go, "build", "-o", str(partial), "."], cwd=SOURCE, env=env, check=True,
-                       capture_output=True)
+        built = subprocess.run([go, "build", "-o", str(partial), "."], cwd=SOURCE, env=env, capture_output=True,
+                               text=True)
+        if built.returncode != 0:
+            shutil.rmtree(partial.parent, ignore_errors=True)
+            raise RuntimeError(f"bench: building the open-loop generator failed: {built.stderr.strip()}")
         partial.rename(target)
+        shutil.rmtree(partial.parent, ignore_errors=True)
     return target
 
 

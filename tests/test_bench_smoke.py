@@ -49,7 +49,10 @@ def quick_run(keycloak_realm, tmp_path_factory):
     """One quick run with rotation on: its printed table and its raw results."""
     results = tmp_path_factory.mktemp("bench")
     # A clean environment: the developer's KEYCLOAK_* / GATEWAY_* settings must not reach the bench's servers.
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", str(results)), "LANG": "C.UTF-8"}
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", str(results)), "LANG": "C.UTF-8",
+           # the master realm's administrator, as scripts/keycloak.sh started Keycloak with it
+           **{name: os.environ[name] for name in ("KC_BOOTSTRAP_ADMIN_USERNAME", "KC_BOOTSTRAP_ADMIN_PASSWORD")
+              if os.environ.get(name)}}
     done = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--rotation", "--keycloak-url", LIVE_URL,
                            "--results", str(results)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
