@@ -198,7 +198,8 @@ def answers(phases, groups):
 
 
 def plot(phases, groups, path, title):
-    """Throughput and CPU per request for every group, each round a dot, medians as bars; a PNG at `path`."""
+    """Throughput (an open loop's: its latency percentiles) and CPU per request for every group, each round a
+    dot, medians as bars; a PNG at `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,9 +211,17 @@ def plot(phases, groups, path, title):
         top, bottom = axes[0][column], axes[1][column]
         for x, variant in enumerate(group.variants):
             mine = [p for p in phases if p["group"] == group.name and p["variant"] == variant]
-            rates = [p["throughput"] for p in mine]
-            top.bar(x, _median(rates) or 0, color=colours[variant], alpha=0.8)
-            top.plot([x] * len(rates), rates, "k.", markersize=4)
+            if group.open_loop:
+                # p50, p99 and p99.9 side by side, lighter as they go up
+                for i, (quantile, alpha) in enumerate((("p50", 0.9), ("p99", 0.6), ("p99.9", 0.35))):
+                    values = [p["latency_ms"].get(quantile) for p in mine]
+                    at = x + (i - 1) * 0.27
+                    top.bar(at, _median(values) or 0, width=0.25, color=colours[variant], alpha=alpha)
+                    top.plot([at] * len(values), [v or 0 for v in values], "k.", markersize=3)
+            else:
+                rates = [p["throughput"] for p in mine]
+                top.bar(x, _median(rates) or 0, color=colours[variant], alpha=0.8)
+                top.plot([x] * len(rates), rates, "k.", markersize=4)
             app = _median(p["app_cpu_ms"] for p in mine) or 0
             keycloak = _median(p["keycloak_cpu_ms"] for p in mine) or 0
             bottom.bar(x, app, color=colours[variant], alpha=0.8)
@@ -221,7 +230,7 @@ def plot(phases, groups, path, title):
             axis.set_xticks(range(len(group.variants)), [SERVERS[v].replace(" ", "\n") for v in group.variants],
                             fontsize=7)
             axis.tick_params(axis="y", labelsize=7)
-        top.set_title(group.name, fontsize=9)
+        top.set_title(group.name + ("\nms: p50, p99, p99.9" if group.open_loop else ""), fontsize=9)
     axes[0][0].set_ylabel("requests/s (bar: median, dots: rounds)", fontsize=8)
     axes[1][0].set_ylabel("CPU ms/request\n(colour: app, grey: Keycloak)", fontsize=8)
     figure.suptitle(title, fontsize=10)
