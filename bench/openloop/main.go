@@ -170,6 +170,9 @@ func main() {
 	if plan.Addresses <= 0 {
 		plan.Addresses = 1
 	}
+	if plan.Timeout <= 0 {
+		plan.Timeout = 10 // a request is never waited for without end
+	}
 	timeout := time.Duration(plan.Timeout * float64(time.Second))
 	client := &http.Client{Timeout: timeout, Transport: &http.Transport{
 		MaxIdleConnsPerHost: len(slots), DisableCompression: true, IdleConnTimeout: time.Minute,
