@@ -9,7 +9,7 @@ import re
 import ssl
 import tempfile
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from limits import parse_many
 
@@ -101,16 +101,53 @@ def _rate_limit(name, value):
     return value.strip()
 
 
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where GATEWAY_REDIS_URL points: a server (`sentinels` None), or the Sentinels that name a service's primary."""
+
+    sentinels: tuple = None  # ((host, port), ...) of redis+sentinel://
+    service: str = ""
+    db: int = 0
+    username: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
+
+
+_SENTINEL = re.compile(r"redis\+sentinel://(?:(?P<auth>[^@/]*)@)?(?P<hosts>[^/@]+)/(?P<service>[A-Za-z0-9._-]{1,64})"
+                       r"(?:/(?P<db>[0-9]{1,5}))?/?")
+_LOCATION = re.compile(r"(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
+
+
+def parse_redis_url(value):
+    """A RedisAddress for `redis://`, `rediss://` (TLS) or `redis+sentinel://[[user]:password@]host:port[,host:port]
+    /service[/db]` (the form the `limits` library reads too); ValueError for anything else."""
+    if value.startswith("redis+sentinel://"):
+        match = _SENTINEL.fullmatch(value)
+        if not match:
+            raise ValueError("not a redis+sentinel URL")
+        locations = []
+        for item in match["hosts"].split(","):
+            location = _LOCATION.fullmatch(item)
+            if not location or not 0 < int(location["port"]) < 65536:
+                raise ValueError("not a host:port")
+            locations.append((location["host"].strip("[]"), int(location["port"])))
+        username, _, password = (match["auth"] or "").partition(":")
+        return RedisAddress(tuple(locations), match["service"], int(match["db"] or 0), unquote(username),
+                            unquote(password))
+    parts = urlsplit(value)
+    parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    if (parts.scheme not in ("redis", "rediss") or not parts.hostname
+            or not re.fullmatch(r"(/[0-9]{1,5})?/?", parts.path) or parts.query or parts.fragment):
+        raise ValueError("not a redis URL")
+    return RedisAddress()
+
+
 def _redis_url(name, value):
     try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+        parse_redis_url(value)
     except ValueError:
-        parts = None
-    if (parts is None or parts.scheme not in ("redis", "rediss") or not parts.hostname
-            or not re.fullmatch(r"(/[0-9]{1,5})?/?", parts.path) or parts.query or parts.fragment):
-        raise ConfigError(f"{name} must be a redis:// URL such as redis://127.0.0.1:6379/0, got "
-                          f"{_without_password(value)!r}")
+        raise ConfigError(f"{name} must be a redis://, rediss:// or redis+sentinel:// URL such as "
+                          f"redis://127.0.0.1:6379/0 or redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/edm/0, got "
+                          f"{_without_password(value)!r}") from None
     return value
 
 
@@ -212,7 +249,7 @@ VARIABLES = {
     "GATEWAY_CORS_ORIGINS": ("cors_origins", _origins, ""),
     "GATEWAY_TESTER_PAGE": ("tester_page", _flag, "true"),
     "GATEWAY_KEYS_MAX_AGE": ("keys_max_age", lambda n, v: _seconds(n, v, 0, 86400), "300"),
-    # abuse controls (gateway/limits.py, gateway/userlock.py) and the shared store (gateway/store.py)
+    # abuse controls (gateway/limits.py, gateway/userlock.py) and the shared store (gateway/store/)
     "GATEWAY_HIDE_ACCOUNT_STATE": ("hide_account_state", _flag, "false"),
     "GATEWAY_LIMIT_PER_USERNAME": ("limit_per_username", _rate_limit, "10/minute"),
     "GATEWAY_LIMIT_PER_ADDRESS": ("limit_per_address", _rate_limit, "100/minute"),
@@ -224,10 +261,14 @@ VARIABLES = {
     "GATEWAY_SESSION_SECRET": ("session_secret", _session_secret, ""),
     "GATEWAY_BFF_UPSTREAMS": ("bff_upstreams", _upstreams, ""),
     "GATEWAY_REDIS_URL": ("redis_url", _redis_url, ""),
+    # refresh-token rotation (gateway/rotation.py): how long the same old token gets the same new tokens
+    "GATEWAY_REFRESH_GRACE_SECONDS": ("refresh_grace_seconds", lambda n, v: whole_number(n, v, 0, 60), "10"),
     # gunicorn's (read by gateway/gunicorn_conf.py)
     "GATEWAY_BIND": ("bind", _bind, "127.0.0.1:8000"),
     "GATEWAY_WORKERS": ("workers", lambda n, v: whole_number(n, v, 1, 64), "2"),
     "GATEWAY_THREADS": ("threads", lambda n, v: whole_number(n, v, 1, 64), "8"),
+    # set by gunicorn itself in the processes it starts: the app then checks that the gateway's settings are in force
+    "SERVER_SOFTWARE": ("server_software", _as_is, ""),
     # prometheus_client's multiprocess directory (gateway/gunicorn_conf.py wipes it at start, or makes its own)
     "PROMETHEUS_MULTIPROC_DIR": ("metrics_dir", _directory, ""),
     # where the per-host login turns keep their lock files (gateway/userlock.py)
@@ -268,9 +309,11 @@ class Settings:
     bff_upstreams: tuple = ()  # ((name, base URL), ...)
     # may carry a password (redis://:password@host): not in repr
     redis_url: str = field(default="", repr=False)
+    refresh_grace_seconds: int = 10
     bind: str = "127.0.0.1:8000"
     workers: int = 2
     threads: int = 8
+    server_software: str = ""
     metrics_dir: str = ""
     runtime_dir: str = ""
     temp_dir: str = ""
@@ -305,10 +348,10 @@ class Settings:
         return os.path.join(base, f"edm-gateway-{os.getuid()}-grants")
 
     @property
-    def session_dir(self):
-        """The per-user directory of the host's BFF session store, beside the lock directory."""
+    def state_dir(self):
+        """The per-user directory of the host's store (`gateway/store/host.py`), beside the lock directory."""
         base = self.runtime_dir or self.temp_dir or tempfile.gettempdir()
-        return os.path.join(base, f"edm-gateway-{os.getuid()}-sessions")
+        return os.path.join(base, f"edm-gateway-{os.getuid()}-state")
 
     @property
     def redirect_uri(self):
@@ -316,8 +359,28 @@ class Settings:
         return f"{self.public_url}/bff/callback"
 
 
+# Set by gateway/gunicorn_conf.py: that its settings are in force in this gunicorn (in the master, so in every worker
+# forked from it), and in each worker, before the worker builds the app, its thread count as gunicorn resolved it
+# (its command line, a config file or GATEWAY_THREADS).
+gunicorn_settings = False
+worker_threads = None
+GUNICORN_SETTINGS = "gunicorn -c python:gateway.gunicorn_conf"
+
+
+def check_server(settings):
+    """Refuse to build the app in a gunicorn that runs without the gateway's settings: its metrics would be counted
+    per worker and its timeouts would be gunicorn's own."""
+    if settings.server_software.startswith("gunicorn/") and not gunicorn_settings:
+        # gunicorn prints this error as one line and stops, where any other would restart the worker again and again
+        from gunicorn.errors import AppImportError
+
+        raise AppImportError("edm-gateway: gunicorn runs without the gateway's settings (metrics would be counted per "
+                             f"worker, timeouts would be gunicorn's defaults): start it with {GUNICORN_SETTINGS}")
+
+
 def load_settings(environ=None, overrides=None):
-    """Build Settings from the environment (or `environ`), then `overrides` keyed by variable name."""
+    """Build Settings from the environment (or `environ`), then `overrides` keyed by variable name; in a gunicorn
+    worker, `threads` is the worker's own."""
     environ = os.environ if environ is None else environ
     raw = {name: environ.get(name) for name in VARIABLES}
     raw.update(overrides or {})
@@ -331,6 +394,8 @@ def load_settings(environ=None, overrides=None):
                 continue
             value = default
         values[attribute] = parse(name, str(value))
+    if worker_threads is not None:
+        values["threads"] = worker_threads
     values.setdefault("keycloak_public_url", values["keycloak_url"])
     if values.get("bff") and not values.get("session_secret"):
         raise ConfigError("GATEWAY_SESSION_SECRET is required when GATEWAY_BFF is on (at least 32 characters)")

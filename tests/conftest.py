@@ -31,8 +31,8 @@ ISSUER = "http://localhost:8180/auth/realms/edm"
 TOKEN_URL = f"{LIVE_URL}realms/edm/protocol/openid-connect/token"
 KEYCLOAK_VERSION = (ROOT / "keycloak" / "VERSION").read_text().strip()
 
-# Chromium, the portal's static site, the gateway under gunicorn; Redis, the echo upstream and BFF gateways
-pytest_plugins = ["tests.browser", "tests.bff"]
+# Chromium, the portal's static site, the gateway under gunicorn; Redis, the echo upstream and BFF gateways; Sentinels
+pytest_plugins = ["tests.browser", "tests.bff", "tests.sentinel"]
 
 
 def mock_config(**overrides):
@@ -92,6 +92,13 @@ def hermetic_environment():
         for name in VARIABLES:
             patch.delenv(name, raising=False)
         yield
+
+
+@pytest.fixture(autouse=True)
+def private_state(tmp_path_factory, monkeypatch):
+    """Each test's gateways keep their host state (the store's file, the login turns' lock files) in a directory of
+    the test's own: a refresh token spent, a session ended or a logout token seen in one test is never another's."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path_factory.mktemp("state")))
 
 
 @pytest.fixture
