@@ -45,6 +45,7 @@ def environment(args):
     from bench import servers
 
     os.environ.update(servers.environment(args.keycloak_url, CLIENT_SECRET, args.realm))
+    os.environ["TMPDIR"] = tempfile.mkdtemp(prefix="bench-state-")  # the gateway's host store, of this run's own
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bench-metrics-")
 
 

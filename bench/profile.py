@@ -162,7 +162,8 @@ def pyspy_phase(app, kind, realm, users, connections, seconds, results, token_pa
 
 def pyspy(args, realm, users, results):
     """Every kind's py-spy phases, gateway and reference."""
-    env = {**servers.environment(args.keycloak_url, CLIENT_SECRET, realm.name), "GATEWAY_WORKERS": "1"}
+    env = {**servers.environment(args.keycloak_url, CLIENT_SECRET, realm.name), "GATEWAY_WORKERS": "1",
+           "TMPDIR": tempfile.mkdtemp(prefix="bench-state-", dir=results)}
     found = {}
     for kind, (reference, connections) in PYSPY_KINDS.items():
         if kind not in args.kinds.split(","):

@@ -18,6 +18,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -181,7 +182,18 @@ def main(argv=None):
 
 def run(args, realm, keycloak_pid, groups):
     """The bench in `realm`: its users, apps and phases, then the table, the JSON and the plot."""
-    env = servers.environment(args.keycloak_url, CLIENT_SECRET, realm.name)
+    # The apps' host state (the gateway's store, its login turns' lock files) in a directory of this run's own:
+    # no refresh token spent or session ended by another gateway on this host reaches the bench's.
+    state = tempfile.mkdtemp(prefix="bench-state-")
+    try:
+        measure_and_report(args, realm, keycloak_pid, groups, {**servers.environment(
+            args.keycloak_url, CLIENT_SECRET, realm.name), "TMPDIR": state})
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def measure_and_report(args, realm, keycloak_pid, groups, env):
+    """The phases with the apps in `env`, then the table, the JSON and the plot."""
     meta = describe(args, realm, keycloak_pid, servers.gunicorn_settings(env))
     if not keycloak_pid:
         progress("bench: Keycloak's process is not on this host; its CPU and memory are not measured")
