@@ -5,7 +5,7 @@ BENCH_ARGS ?=
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install prerequisites keycloak keycloak-stop keycloak-reset redis redis-stop run test bench
+.PHONY: install prerequisites keycloak keycloak-stop keycloak-reset redis redis-stop run test bench profile
 
 $(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ install: prerequisites $(STAMP)
 	@scripts/keycloak.sh fetch
 
 prerequisites:
-	@scripts/prerequisites.sh $(if $(filter test,$(MAKECMDGOALS)),test,$(if $(filter bench,$(MAKECMDGOALS)),bench))
+	@scripts/prerequisites.sh $(if $(filter test,$(MAKECMDGOALS)),test,$(if $(filter bench,$(MAKECMDGOALS)),bench,$(if $(filter profile,$(MAKECMDGOALS)),profile)))
 
 ## keycloak: start Keycloak in the background with the edm realm; returns once ready, harmless when running
 keycloak: install
@@ -48,6 +48,11 @@ run: install
 test: install
 	@scripts/test.sh
 
-## bench: the gateway beside direct Keycloak and its reference apps, with wrk (about 15 min; BENCH_ARGS="--quick" for a smoke run)
+## bench: the gateway beside direct Keycloak and its reference apps, with wrk and at a constant rate (about 20 min; BENCH_ARGS="--quick" for a smoke run, "--rotation" for a realm with refresh-token rotation)
 bench: install
 	@scripts/bench.sh $(BENCH_ARGS)
+
+## profile: where the gateway's CPU goes per kind of request, py-spy under wrk and callgrind's instruction counts (about 40 min)
+profile: install
+	@$(VENV)/bin/pip install -q --disable-pip-version-check -r bench/requirements-profile.txt
+	@scripts/bench.sh --profile $(BENCH_ARGS)
