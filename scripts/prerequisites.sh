@@ -2,6 +2,7 @@
 # System tools the stack needs: Python 3.11+ with venv, Java 17+ (Keycloak 26), Maven (fetches Keycloak),
 # redis-server (the gateways' shared store);
 # with `test`, also docker-compose, the compose implementation that validates docker-compose.yml (no engine),
+# PostgreSQL and nginx, which run the compose topology without Docker (scripts/topology.sh),
 # Chromium, the browser that Playwright drives in the browser tests (Playwright's own download is not used),
 # and wrk and ss (iproute2) for the bench's smoke check; with `bench`, the same two, which `make bench` uses.
 # Installs the missing ones with apt-get where that is possible, else says what to install.
@@ -20,6 +21,8 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 if [ "${1:-}" = test ]; then
   command -v docker-compose >/dev/null || missing+=(docker-compose)
   command -v chromium >/dev/null || missing+=(chromium)
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 fi
 if [ "${1:-}" = test ] || [ "${1:-}" = bench ]; then
   command -v wrk >/dev/null || missing+=(wrk)
