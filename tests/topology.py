@@ -28,6 +28,7 @@ from pathlib import Path
 import redis
 import requests
 
+from gateway.config import VARIABLES
 from tests.compose_env import compose_file, resolve_defaults, service_environment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,7 +129,7 @@ def relocate_keycloak_flags(flags, relocation):
         if equals and name in own:
             value = str(relocation.ports[own[name]])
         elif equals:
-            value = ",".join(dict.fromkeys(relocation.text(part) for part in value.split(",")))
+            value = ",".join(relocation.text(part) for part in value.split(","))
         relocated.append(f"{name}{equals}{value}")
     return relocated
 
@@ -235,8 +236,10 @@ class Plan:
 
 
 def own_environment():
-    """This process's environment less everything that would steer a server of the stack."""
-    return {name: value for name, value in os.environ.items() if not FOREIGN.fullmatch(name)}
+    """This process's environment less everything that would steer a server of the stack (every variable the
+    gateway reads among them: a container starts with none)."""
+    return {name: value for name, value in os.environ.items()
+            if not FOREIGN.fullmatch(name) and name not in VARIABLES}
 
 
 def wait_until(check, what, timeout, process=None, log_file=None):
