@@ -213,8 +213,8 @@ def test_ports_are_published_on_loopback_only(services):
 
 
 @pytest.mark.parametrize("service, dependency", [
-    ("gateway-1", "keycloak"), ("gateway-2", "keycloak"), ("gateway-1", "redis-primary"),
-    ("gateway-2", "redis-primary"), ("redis-replica", "redis-primary"), ("sentinel-1", "redis-primary"),
+    ("gateway-1", "keycloak"), ("gateway-2", "keycloak"), ("gateway-1", "sentinel-1"), ("gateway-1", "sentinel-2"),
+    ("gateway-1", "sentinel-3"), ("gateway-2", "sentinel-1"), ("redis-replica", "redis-primary"), ("sentinel-1", "redis-primary"),
     ("sentinel-2", "redis-primary"), ("sentinel-3", "redis-primary"),
     ("proxy", "gateway-1"), ("proxy", "gateway-2"), ("keycloak", "postgres")])
 def test_start_waits_for_healthy_dependencies(services, service, dependency):
@@ -315,7 +315,9 @@ def test_the_gateway_replicas_are_configured_alike_and_share_one_redis_behind_on
     without_address = [{k: v for k, v in services[replica].items() if k != "networks"} for replica in GATEWAY_REPLICAS]
     assert without_address[0] == without_address[1]
     settings = load_settings(environ=first)
-    assert settings.redis_url == "redis://redis-primary:6379/0"
+    assert settings.redis_url == "redis+sentinel://sentinel-1:26379,sentinel-2:26379,sentinel-3:26379/edm/0"
+    service = re.search(r"^sentinel monitor (\S+) ", (ROOT / "redis" / "sentinel.conf").read_text(), re.M).group(1)
+    assert settings.redis_url.split("/")[-2] == service
     assert settings.trusted_proxies == 1  # nginx, and nothing else, stands between the clients and the gateways
     assert (settings.limit_per_username, settings.limit_per_address) == ("10/minute", "100/minute")
 

@@ -18,7 +18,7 @@ def compose_gateway(kc, redis_url):
     env = gateway_environment()
     assert env["KEYCLOAK_URL"] == "http://keycloak:8180/auth/"
     env["KEYCLOAK_URL"] = "http://127.0.0.1:8180/auth/"
-    assert env["GATEWAY_REDIS_URL"] == "redis://redis-primary:6379/0"
+    assert env["GATEWAY_REDIS_URL"] == "redis+sentinel://sentinel-1:26379,sentinel-2:26379,sentinel-3:26379/edm/0"
     env["GATEWAY_REDIS_URL"] = redis_url
     assert env["KEYCLOAK_URL"] != env["KEYCLOAK_PUBLIC_URL"] == "http://localhost:8180/auth/"
     server = Gunicorn(env).wait_ready()

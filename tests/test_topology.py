@@ -29,8 +29,8 @@ from tests.topology import (
     Ports,
     Stack,
     keycloak_build_options,
+    remove_stack,
     started_at,
-    stop_leftovers,
 )
 from tests.topology_load import (
     TIMED_OUT,
@@ -52,22 +52,29 @@ def remove_abandoned_stacks():
     for home in (CACHE / "topology").glob("suite-*"):
         pid = home.name.removeprefix("suite-")
         if not (pid.isdigit() and started_at(int(pid))):
-            stop_leftovers(home)
-            subprocess.run(["rm", "-rf", str(home)], check=False)
+            remove_stack(home)
+
+
+def interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """The whole topology on free loopback ports, started once for this module and stopped after it, also when a
-    test or the start itself fails."""
+def stack():
+    """The whole topology on free loopback ports, started once for this module and removed after it, also when a
+    test or the start fails, and when the run is stopped with SIGTERM (as `timeout` and CI stop it)."""
     remove_abandoned_stacks()
+    previous = signal.signal(signal.SIGTERM, interrupted)
     topology = Stack(CACHE / "topology" / f"suite-{os.getpid()}", Ports.free())
     try:
         topology.start()
         yield topology
     finally:
-        topology.stop()
-        subprocess.run(["rm", "-rf", str(topology.home), str(topology.postgres.directory)], check=False)
+        try:
+            topology.stop()
+        finally:
+            remove_stack(topology.home)
+            signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture(scope="module")

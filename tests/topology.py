@@ -351,6 +351,36 @@ def stop_leftovers(home):
         pidfile.unlink(missing_ok=True)
 
 
+def as_cluster_owner(*argv, **kwargs):
+    """Run a PostgreSQL command as the clusters' owner: as root the `postgres` user, else the current one."""
+    command = ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else list(argv)
+    return subprocess.run(command, check=True, capture_output=True, text=True, env=own_environment(), cwd="/",
+                          **kwargs)
+
+
+def stop_postgres(data):
+    """pg_ctl's fast shutdown of the cluster in `data`, if one runs there."""
+    if (data / "postmaster.pid").exists():
+        as_cluster_owner(Postgres.bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "60", "stop")
+
+
+def cluster_directories(home):
+    """Where the cluster of the stack under `home` may live (see Postgres)."""
+    return [home / "postgres", Path("/var/lib/postgresql/edm-gateway") / home.name]
+
+
+def remove_stack(home):
+    """End whatever runs of the stack under `home` and delete its files (its cluster included)."""
+    stop_leftovers(home)
+    for directory in cluster_directories(home):
+        try:
+            stop_postgres(directory / "data")
+        except subprocess.CalledProcessError as exc:
+            log(f"postgres under {directory} did not stop: {exc.stderr}")
+        shutil.rmtree(directory, ignore_errors=True)
+    shutil.rmtree(home, ignore_errors=True)
+
+
 class Postgres:
     """A cluster of Debian's PostgreSQL of its own on a loopback port, run by pg_ctl; as root, as the `postgres`
     user (PostgreSQL refuses to run as root), otherwise as the current user."""
@@ -366,7 +396,7 @@ class Postgres:
         directory = home / "postgres"
         if self.as_postgres and not self._reachable_by_postgres(home):
             # root's home is private (0700): the postgres user cannot reach a cluster under it
-            directory = Path("/var/lib/postgresql/edm-gateway") / home.name
+            directory = cluster_directories(home)[1]
         return directory
 
     @staticmethod
@@ -384,10 +414,8 @@ class Postgres:
             raise RuntimeError(f"{name} not found: install Debian's postgresql (scripts/prerequisites.sh test)")
         return found
 
-    def _run(self, *argv, **kwargs):
-        command = ["runuser", "-u", "postgres", "--", *argv] if self.as_postgres else list(argv)
-        return subprocess.run(command, check=True, capture_output=True, text=True, env=own_environment(),
-                              cwd="/", **kwargs)
+    def _run(self, *argv):
+        return as_cluster_owner(*argv)
 
     def init(self):
         """A fresh cluster with compose's database, user and password (as the postgres image makes them)."""
@@ -414,12 +442,14 @@ class Postgres:
         self._run(self.bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60",
                   "start")
 
-    def stop(self, mode="fast"):
-        if (self.data / "postmaster.pid").exists():
-            self._run(self.bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+    def stop(self):
+        """A fast shutdown (open sessions cut), if it runs."""
+        stop_postgres(self.data)
 
     def restart(self):
-        self._run(self.bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "restart")
+        """Stop (fast: sessions are cut) and start again."""
+        self.stop()
+        self.start()
 
     def running(self):
         return subprocess.run([self.bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.plan.ports["postgres"])],
@@ -676,8 +706,7 @@ def main(argv=None):
     stack = Stack(home, Ports.from_base(args.base_port))
     if args.command == "stop":
         stop_leftovers(home)
-        if stack.postgres.data.exists():
-            stack.postgres.stop()
+        stack.postgres.stop()
         log("stopped")
         return 0
     if args.command == "status":
