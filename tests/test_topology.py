@@ -6,6 +6,7 @@ import collections
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -60,7 +61,7 @@ def interrupted(signum, frame):
 
 
 @pytest.fixture(scope="module")
-def stack():
+def stack(tmp_path_factory):
     """The whole topology on free loopback ports, started once for this module and removed after it, also when a
     test or the start fails, and when the run is stopped with SIGTERM (as `timeout` and CI stop it)."""
     remove_abandoned_stacks()
@@ -73,6 +74,9 @@ def stack():
         try:
             topology.stop()
         finally:
+            kept = tmp_path_factory.mktemp("topology-logs")
+            shutil.copytree(topology.home / "logs", kept, dirs_exist_ok=True)
+            print(f"topology: the stack's logs are kept in {kept}")
             remove_stack(topology.home)
             signal.signal(signal.SIGTERM, previous)
 
@@ -301,6 +305,12 @@ def login_within(stack, user, seconds):
     raise AssertionError(f"no login succeeded within {seconds} s")
 
 
+def described(answers, since):
+    """Failed answers as a test failure names them: kind, status, body, when (seconds since `since`)."""
+    return [(a.kind, a.status, str(a.body)[:80], round(a.started - since, 1), round(a.ended - since, 1))
+            for a in failures(answers)]
+
+
 def between(answers, start, end):
     """The answers to requests that were under way at some time in [start, end]."""
     return [a for a in answers if a.ended >= start and a.started <= end]
@@ -334,7 +344,7 @@ def test_keycloak_stopped_and_started_again(stack, realm, load_users, browsers, 
             old_refresh_token=refreshed.status_code)
     during = [a.shown for a in failures(between(answers, down, ready + recovery))]
     assert set(during) <= {UNAVAILABLE, TIMED_OUT}, collections.Counter(during)
-    assert failures(outside(answers, down, ready + recovery)) == []
+    assert described(outside(answers, down, ready + recovery), down) == []
     assert refreshed.status_code == 200 and list(refreshed.json())[0] == "status"
     assert kept == len(browsers)
 
@@ -359,7 +369,7 @@ def test_postgres_restarted_under_keycloak(stack, realm, load_users, browsers, f
     assert stack.keycloak.process.running() and stack.keycloak.process.pid == keycloak_pid
     during = [a.shown for a in failures(between(answers, down, back + recovery))]
     assert set(during) <= {UNAVAILABLE, TIMED_OUT, UPSTREAM_ERROR}, collections.Counter(during)
-    assert failures(outside(answers, down, back + recovery)) == []
+    assert described(outside(answers, down, back + recovery), down) == []
     assert kept == len(browsers)
 
 
@@ -376,7 +386,7 @@ def test_a_gateway_stopped_gracefully_while_nginx_sends_it_traffic(stack, load_u
         answers = load.stop()
     figures("gateway SIGTERM", answers=by_status(answers), stop=f"{took:.1f} s",
             failed=len(failures(answers)))
-    assert [a.shown for a in failures(answers)] == []
+    assert described(answers, stopping) == []
     assert any(a.started > stopping + took for a in answers)
 
 
@@ -422,12 +432,15 @@ def test_a_gateway_killed_fails_only_what_was_in_flight_on_it_and_nginx_sends_no
     assert all(grants[user.id] == 1 for user, *_, status in logins if status == 200)
     in_flight = [a for a in failures(answers) if a.started <= killed <= a.ended]
     in_flight += [a for a in logins if a[3] != 200 and a[1] <= killed <= a[2]]
-    assert len(failed) == len(in_flight) <= len(load_users) + len(browsers) + len(single)
+    assert len(failed) == len(in_flight) <= len(load_users) + len(browsers) + len(single), (
+        described(answers, killed), [(u.username, round(s - killed, 1), round(e - killed, 1), st)
+                                     for u, s, e, st in logins if st != 200])
 
 
 def test_a_rolling_restart_of_both_gateways(stack, load_users, browsers, figures):
     load = MixedLoad(stack.url, load_users, browsers).start()
     took = {}
+    began = time.monotonic()
     try:
         load.wait_for_answers(20)
         for name in GATEWAYS:
@@ -440,7 +453,7 @@ def test_a_rolling_restart_of_both_gateways(stack, load_users, browsers, figures
         answers = load.stop()
     figures("rolling restart", answers=by_status(answers), **{n.replace("-", "_"): t for n, t in took.items()},
             failed=len(failures(answers)))
-    assert [a.shown for a in failures(answers)] == []
+    assert described(answers, began) == []
 
 
 def test_the_redis_primary_killed_sentinel_promotes_the_replica(stack, realm, load_users, browsers, figures):
@@ -467,7 +480,7 @@ def test_the_redis_primary_killed_sentinel_promotes_the_replica(stack, realm, lo
             username_limit=limit)
     during = [a.shown for a in failures(between(answers, killed, promoted + recovery))]
     assert set(during) <= {UNAVAILABLE, TIMED_OUT}, collections.Counter(during)
-    assert failures(outside(answers, killed, promoted + recovery)) == []
+    assert described(outside(answers, killed, promoted + recovery), killed) == []
     assert limit == "429 after 10 failures"
 
 

@@ -76,7 +76,7 @@ class MixedLoad:
     and again) and one per BFF browser (`/bff/user`), `pause` seconds between requests, until `stop()` or `seconds`
     ran out."""
 
-    def __init__(self, url, users=(), browsers=(), seconds=120, pause=0.1, addresses_per_user=8):
+    def __init__(self, url, users=(), browsers=(), seconds=120, pause=0.2, addresses_per_user=8):
         self.url, self.pause = url, pause
         self.answers = []
         self._lock = threading.Lock()
