@@ -388,6 +388,8 @@ def test_nginx_sends_to_both_replicas_and_sets_the_forwarded_for_itself(nginx):
     assert servers == [f"{replica}:8000" for replica in GATEWAY_REPLICAS]
     # an idle connection reused as its replica stops would fail a POST (tests/test_topology.py)
     assert directives(upstream["block"], "keepalive") == []
+    # nginx's workers share which replica failed (a restarted one is back for all of them at once)
+    assert [d["args"] for d in directives(upstream["block"], "zone")] == [["gateways", "64k"]]
     (server,) = directives(nginx, "server")
     assert directives(server["block"], "listen")[0]["args"] == ["8000"]  # the port compose publishes
     (location,) = directives(server["block"], "location")

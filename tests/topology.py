@@ -292,9 +292,13 @@ class Process:
         return self.process is not None and self.process.poll() is None
 
     def send(self, signum):
-        """Send `signum` to the server itself (not its session: gunicorn's workers follow their arbiter)."""
+        """Send `signum` to the server itself (gunicorn's workers follow their arbiter); SIGKILL to every process of
+        its session at once, as a container's processes die together."""
         if self.running():
-            os.kill(self.process.pid, signum)
+            if signum == signal.SIGKILL:
+                os.killpg(self.process.pid, signum)
+            else:
+                os.kill(self.process.pid, signum)
 
     def stop(self, signum=signal.SIGTERM, timeout=30):
         """Stop the server and anything it left in its session; how long it took."""
@@ -641,12 +645,12 @@ class Stack:
         user = "user root;\n" if os.geteuid() == 0 else ""  # workers must reach the temp paths under this home
         (directory / "nginx.conf").write_text(f"""{user}worker_processes auto;
 pid {directory}/nginx.pid;
-error_log {directory}/error.log notice;
+error_log {self.home}/logs/nginx-error.log notice;
 events {{ worker_connections 1024; }}
 http {{
     include /etc/nginx/mime.types;
     default_type application/octet-stream;
-    access_log {directory}/access.log;
+    access_log {self.home}/logs/nginx-access.log;
     sendfile on;
     keepalive_timeout 65;
     client_body_temp_path {directory}/temp/body;
@@ -658,8 +662,8 @@ http {{
 }}
 """)
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        argv = [nginx, "-p", str(directory), "-c", str(directory / "nginx.conf"), "-e", str(directory / "error.log"),
-                "-g", "daemon off;"]
+        argv = [nginx, "-p", str(directory), "-c", str(directory / "nginx.conf"), "-e",
+                str(self.home / "logs" / "nginx-error.log"), "-g", "daemon off;"]
         process = Process("nginx", argv, self.home, env=own_environment()).start()
         self.processes["nginx"] = process
         wait_until(lambda: answers_http(self.url + "/healthz"), "nginx", 30, process.process, process.log)
