@@ -61,7 +61,7 @@ def interrupted(signum, frame):
 
 
 @pytest.fixture(scope="module")
-def stack():
+def stack(figures):
     """The whole topology on free loopback ports, started once for this module and removed after it, also when a
     test or the start fails, and when the run is stopped with SIGTERM (as `timeout` and CI stop it)."""
     remove_abandoned_stacks()
@@ -69,6 +69,7 @@ def stack():
     topology = Stack(CACHE / "topology" / f"suite-{os.getpid()}", Ports.free())
     try:
         topology.start()
+        figures("start", **{what.replace(" ", "_"): f"{seconds} s" for what, seconds in topology.timings.items()})
         yield topology
     finally:
         try:
