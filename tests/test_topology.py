@@ -20,7 +20,7 @@ import requests
 from gateway.config import VARIABLES
 from tests.bff import LoopbackBrowser, bff_login
 from tests.compose_env import compose_file, resolve_defaults, service_environment
-from tests.conftest import ROOT
+from tests.conftest import LOGGED, ROOT
 from tests.topology import (
     CACHE,
     GATEWAYS,
@@ -78,6 +78,8 @@ def stack(figures):
             kept = CACHE / "topology" / "last-suite-logs"  # outside pytest's temporary directories, which rotate
             shutil.rmtree(kept, ignore_errors=True)
             shutil.copytree(topology.home / "logs", kept)
+            for name in GATEWAYS:  # for the suite-wide check that no line holds a password, token or secret
+                LOGGED.extend(topology.logs(name).splitlines())
             print(f"topology: the stack's logs are kept in {kept}")
             remove_stack(topology.home)
             signal.signal(signal.SIGTERM, previous)

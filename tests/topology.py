@@ -5,7 +5,7 @@ under gunicorn and nginx with nginx/gateway.conf in front of them.
 Everything the two share comes from compose's own files: the Keycloak build options from keycloak/Dockerfile, its
 start flags and environment, the Redis and Sentinel commands, the gateways' environment and the proxy's
 configuration from docker-compose.yml (defaults of `${VAR:-default}` applied) and the files it mounts. Only the
-addresses and ports change: `relocate()` is the one place that says how, and tests/test_topology.py checks the
+addresses and ports change: `Relocation` and the `relocate_*` functions say how, and tests/test_topology.py checks the
 running processes against it.
 
     python -m tests.topology start|stop|status [--name NAME]   (scripts/topology.sh)
@@ -430,6 +430,7 @@ class Postgres:
         if self.as_postgres:
             shutil.chown(self.directory, "postgres", "postgres")
         secret = self.directory / "password"
+        secret.touch(mode=0o600)
         secret.write_text(password + "\n")
         if self.as_postgres:
             shutil.chown(secret, "postgres", "postgres")
