@@ -214,8 +214,8 @@ def test_ports_are_published_on_loopback_only(services):
 
 @pytest.mark.parametrize("service, dependency", [
     ("gateway-1", "keycloak"), ("gateway-2", "keycloak"), ("gateway-1", "sentinel-1"), ("gateway-1", "sentinel-2"),
-    ("gateway-1", "sentinel-3"), ("gateway-2", "sentinel-1"), ("redis-replica", "redis-primary"), ("sentinel-1", "redis-primary"),
-    ("sentinel-2", "redis-primary"), ("sentinel-3", "redis-primary"),
+    ("gateway-1", "sentinel-3"), ("gateway-2", "sentinel-1"), ("redis-replica", "redis-primary"),
+    ("sentinel-1", "redis-primary"), ("sentinel-2", "redis-primary"), ("sentinel-3", "redis-primary"),
     ("proxy", "gateway-1"), ("proxy", "gateway-2"), ("keycloak", "postgres")])
 def test_start_waits_for_healthy_dependencies(services, service, dependency):
     depends_on = services[service]["depends_on"]
@@ -346,7 +346,8 @@ def test_three_sentinels_start_from_copies_of_one_file_that_monitors_the_primary
     assert sentinel["volumes"] == ["./redis/sentinel.conf:/etc/redis/sentinel.conf:ro"]
     # compose turns `$$@` into `$@`: the copy is made, then the image's own entrypoint runs the command
     assert sentinel["entrypoint"][:2] == ["sh", "-c"]
-    assert sentinel["entrypoint"][2] == 'cp /etc/redis/sentinel.conf /data/sentinel.conf && exec docker-entrypoint.sh "$$@"'
+    assert sentinel["entrypoint"][2] == (
+        'cp /etc/redis/sentinel.conf /data/sentinel.conf && exec docker-entrypoint.sh "$$@"')
     assert sentinel["healthcheck"]["test"] == ["CMD", "redis-cli", "-p", "26379", "ping"]
     lines = [line for line in (ROOT / "redis" / "sentinel.conf").read_text().splitlines()
              if line and not line.startswith("#")]

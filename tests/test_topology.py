@@ -20,7 +20,7 @@ import requests
 from gateway.config import VARIABLES
 from tests.bff import LoopbackBrowser, bff_login
 from tests.compose_env import compose_file, resolve_defaults, service_environment
-from tests.conftest import LOGGED, ROOT
+from tests.conftest import LOGGED, ROOT, SUITE_SECRETS
 from tests.topology import (
     CACHE,
     GATEWAYS,
@@ -67,6 +67,7 @@ def stack(figures):
     remove_abandoned_stacks()
     previous = signal.signal(signal.SIGTERM, interrupted)
     topology = Stack(CACHE / "topology" / f"suite-{os.getpid()}", Ports.free())
+    SUITE_SECRETS.add(service_environment(GATEWAYS[0])["GATEWAY_SESSION_SECRET"])
     try:
         topology.start()
         figures("start", **{what.replace(" ", "_"): f"{seconds} s" for what, seconds in topology.timings.items()})
