@@ -41,7 +41,7 @@ redis-stop:
 	@scripts/redis.sh stop
 
 ## topology: docker-compose.yml's topology without Docker, in the background (PostgreSQL, Keycloak in production
-## mode, Redis primary + replica + three Sentinels, two gateways, nginx on 127.0.0.1:18011); harmless to repeat
+## mode, Redis primary + replica + three Sentinels, two gateways, nginx on 127.0.0.1:18011), each start afresh
 topology: install
 	@scripts/topology.sh start
 
