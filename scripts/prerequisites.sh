@@ -2,8 +2,9 @@
 # System tools the stack needs: Python 3.11+ with venv, Java 17+ (Keycloak 26), Maven (fetches Keycloak),
 # redis-server and redis-sentinel (the gateways' shared store, highly available);
 # with `test`, also docker-compose, the compose implementation that validates docker-compose.yml (no engine),
-# PostgreSQL and nginx, which run the compose topology without Docker (scripts/topology.sh),
+# PostgreSQL, which runs the compose topology without Docker (scripts/topology.sh),
 # Chromium, the browser that Playwright drives in the browser tests (Playwright's own download is not used),
+# nginx, which serves nginx/gateway.conf itself in tests/test_nginx_metrics.py and the topology,
 # and wrk and ss (iproute2) for the bench's smoke check; with `bench`, the same two, which `make bench` uses.
 # Installs the missing ones with apt-get where that is possible, else says what to install.
 #   scripts/prerequisites.sh [test|bench]
