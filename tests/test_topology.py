@@ -273,6 +273,27 @@ def test_compose_answers_through_nginx(stack, realm):
     assert requests.get(f"{url}/readyz", timeout=10).json() == {"status": 200, "message": "ready"}
 
 
+def test_keycloak_sends_back_channel_logouts_to_the_gateways_through_nginx(stack, realm):
+    """An admin's "Sign out" in the topology's Keycloak reaches a gateway through nginx at the realm file's
+    back-channel URL (its placeholder set as compose sets it): the BFF session ends on both gateways."""
+    user = realm.create_user()
+    browser = LoopbackBrowser()
+    assert bff_login(browser, stack.url, user).status_code == 302
+    assert browser.get(f"{stack.url}/bff/user", headers={"X-CSRF": "1"}).status_code == 200
+    realm.admin.user_logout(user.id)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        answer = browser.get(f"{stack.url}/bff/user", headers={"X-CSRF": "1"})
+        if answer.status_code != 200:
+            break
+        time.sleep(0.1)
+    assert (answer.status_code, answer.json()) == (401, "code=401, message=not logged in")
+    for name in GATEWAYS:  # whichever gateway nginx sent the logout token to, both refuse the session now
+        direct = browser.get(f"{stack.plan.url(name)}/bff/user", headers={"X-CSRF": "1"})  # cookies know no port
+        assert (direct.status_code, direct.json()) == (401, "code=401, message=not logged in")
+    assert any('"path": "/backchannel-logout"' in stack.logs(name) for name in GATEWAYS)
+
+
 @pytest.fixture
 def load_users(realm):
     return [realm.create_user() for _ in range(3)]
