@@ -5,7 +5,7 @@ BENCH_ARGS ?=
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install prerequisites keycloak keycloak-stop keycloak-reset redis redis-stop run test bench profile
+.PHONY: install prerequisites keycloak keycloak-stop keycloak-reset redis redis-stop run test bench profile topology topology-stop
 
 $(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ install: prerequisites $(STAMP)
 	@scripts/keycloak.sh fetch
 
 prerequisites:
-	@scripts/prerequisites.sh $(if $(filter test,$(MAKECMDGOALS)),test,$(if $(filter bench,$(MAKECMDGOALS)),bench,$(if $(filter profile,$(MAKECMDGOALS)),profile)))
+	@scripts/prerequisites.sh $(if $(filter test topology,$(MAKECMDGOALS)),test,$(if $(filter bench,$(MAKECMDGOALS)),bench,$(if $(filter profile,$(MAKECMDGOALS)),profile)))
 
 ## keycloak: start Keycloak in the background with the edm realm; returns once ready, harmless when running
 keycloak: install
@@ -39,6 +39,15 @@ redis: prerequisites
 ## redis-stop: stop it
 redis-stop:
 	@scripts/redis.sh stop
+
+## topology: docker-compose.yml's topology without Docker, in the background (PostgreSQL, Keycloak in production
+## mode, Redis primary + replica + three Sentinels, two gateways, nginx on 127.0.0.1:18011), each start afresh
+topology: install
+	@scripts/topology.sh start
+
+## topology-stop: stop it
+topology-stop:
+	@scripts/topology.sh stop
 
 ## run: Keycloak and Redis plus the gateway under gunicorn on 127.0.0.1:8000 in the foreground; Ctrl-C stops both
 run: install
