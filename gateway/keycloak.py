@@ -133,12 +133,18 @@ def _transport_failure(operation, exc):
     return UpstreamBadResponse(f"{operation}: {type(exc).__name__}: {exc}")
 
 
+# What an answer's status means when Keycloak's body names no refusal: a Keycloak that is starting (or a proxy in
+# front of one that is down) answers 503, and a proxy whose Keycloak is too slow 504.
+UNAVAILABLE_STATUSES = {502: UpstreamUnavailable, 503: UpstreamUnavailable, 504: UpstreamTimeout}
+
+
 def _refused(operation, status, content, refusals):
-    """The gateway's error for a refusal of Keycloak: its class in `refusals`, else a bad answer."""
+    """The gateway's error for a refusal of Keycloak: its class in `refusals`, else by the status, else a bad
+    answer."""
     error, description = _refusal_of(content)
     refusal = (refusals or {}).get((error, description)) or (refusals or {}).get((error, None))
     reason = f"{operation}: HTTP {status} {error or 'non-JSON body'}: {description or ''}".rstrip()
-    return (refusal or UpstreamBadResponse)(reason)
+    return (refusal or UNAVAILABLE_STATUSES.get(status) or UpstreamBadResponse)(reason)
 
 
 @contextmanager
@@ -272,9 +278,12 @@ class Keycloak:
         form = {"grant_type": "password", "username": username, "password": password, "scope": "profile email",
                 **self._client}
         hide_account_state = self.settings.hide_account_state
-        with self.turns.hold(username):
+        with self.turns.hold(username) as turn:
             try:
                 body = self._call("password grant", "token", form, LOGIN_REFUSALS)
+            except UpstreamTimeout:
+                turn.settle = self.settings.timeout  # Keycloak may still be working on it: no overlapping grant
+                raise
             except _CredentialsRejected as exc:
                 if not explain or hide_account_state:
                     raise InvalidCredentials(exc.reason) from None

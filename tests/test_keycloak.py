@@ -211,6 +211,11 @@ def test_an_overlong_token_is_refused_as_invalid_request(client, upstream, path,
     ({"status": 401, "json": {"error": "unauthorized_client"}}, 502, "code=502, message=authentication service error"),
     ({"body": requests.ConnectionError("refused")}, 503, "code=503, message=authentication service unavailable"),
     ({"body": requests.ReadTimeout("slow")}, 504, "code=504, message=authentication service timed out"),
+    # a Keycloak that is starting answers 503; a proxy in front of it 502 or 504
+    ({"status": 503, "body": "<html>starting</html>"}, 503, "code=503, message=authentication service unavailable"),
+    ({"status": 502, "body": "Bad Gateway"}, 503, "code=503, message=authentication service unavailable"),
+    ({"status": 504, "body": ""}, 504, "code=504, message=authentication service timed out"),
+    ({"status": 500, "body": "<html>oops</html>"}, 502, "code=502, message=authentication service error"),
 ])
 @pytest.mark.parametrize("path, url", [("/api/refresh", TOKEN), ("/api/logout", LOGOUT)])
 def test_refresh_and_logout_upstream_failures(client, upstream, path, url, answer, status, body):
