@@ -21,7 +21,7 @@ import responses
 from keycloak import KeycloakAdmin, KeycloakOpenIDConnection
 
 from gateway import create_app
-from gateway.config import VARIABLES
+from gateway.config import NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 MOCK_URL = "http://keycloak.test/auth/"
@@ -89,7 +89,7 @@ def hermetic_environment():
     """Exported KEYCLOAK_*/GATEWAY_* (and proxy, CA bundle, runtime directory) variables never change an outcome:
     the run starts without any of them, and tests that mean one pass it explicitly."""
     with pytest.MonkeyPatch.context() as patch:
-        for name in VARIABLES:
+        for name in NAMES:
             patch.delenv(name, raising=False)
         yield
 
