@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install prerequisites keycloak keycloak-stop keycloak-reset redis redis-stop run test bench
 
-$(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e .

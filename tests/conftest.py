@@ -280,11 +280,12 @@ def free_port():
 class Gunicorn:
     """The gateway under gunicorn with the settings shipped in the package, as `make run` starts it."""
 
-    def __init__(self, env, cwd=ROOT, executable=None, args=(), port=None):
+    def __init__(self, env, cwd=ROOT, executable=None, args=(), port=None, command=None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [executable or os.path.join(os.path.dirname(sys.executable), "gunicorn"),
-                   "-c", "python:gateway.gunicorn_conf", "--bind", f"127.0.0.1:{self.port}", *args]
+        # `command` starts it another way (e.g. `edm-gateway serve`); the bind and `args` follow it
+        command = [*(command or [executable or os.path.join(os.path.dirname(sys.executable), "gunicorn"),
+                                 "-c", "python:gateway.gunicorn_conf"]), "--bind", f"127.0.0.1:{self.port}", *args]
         # A file, not a pipe: a long test's access log would fill a pipe and stall gunicorn.
         self.output = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **env},
