@@ -31,17 +31,20 @@ def snake_case(value):
 
 
 class _SnakeCase:
-    """A metric whose `endpoint` and `operation` values are written in snake_case, whoever passes them."""
+    """A metric whose `endpoint` and `operation` values are written in snake_case, whoever passes them; each child
+    is kept by the values as passed, so that a request pays one dict look-up, not the conversion."""
 
     def __init__(self, name, documentation, labelnames=(), **kwargs):
         super().__init__(name, documentation, labelnames, **kwargs)
         self._snake_case = tuple(label in SNAKE_CASE_LABELS for label in labelnames)
+        self._by_values = {}
 
-    def labels(self, *values, **named):
-        if named:
-            return super().labels(**{label: snake_case(value) if label in SNAKE_CASE_LABELS else value
-                                     for label, value in named.items()})
-        return super().labels(*(snake_case(value) if snake else value for snake, value in zip(self._snake_case, values)))
+    def labels(self, *values):
+        child = self._by_values.get(values)
+        if child is None:
+            child = self._by_values[values] = super().labels(
+                *(snake_case(value) if snake else value for snake, value in zip(self._snake_case, values)))
+        return child
 
 
 class Counter(_SnakeCase, prometheus_client.Counter):
