@@ -232,6 +232,7 @@ class Keycloak:
             request.method, request.body = "POST", urlencode(form)  # ASCII (percent-encoded), as requests sends it
             request.headers = CaseInsensitiveDict({"Accept": "application/json", "Content-Length": str(len(request.body)),
                                                    "Content-Type": "application/x-www-form-urlencoded"})
+        request.headers.update(observe.trace_headers())
         with _upstream(operation, refusals):
             response = self._adapter.send(request, **self._send_options)
             content = response.content
@@ -288,6 +289,13 @@ class Keycloak:
 
     def _credential_failure(self, username, reason):
         admin = self._admin()
+        trace = observe.trace_headers()  # on this thread's own connections, its service-account token's renewal too
+        for connection in (admin.connection, admin.connection.keycloak_openid.connection):
+            for header in ("traceparent", "tracestate"):
+                if header in trace:
+                    connection.add_param_headers(header, trace[header])
+                else:
+                    connection.del_param_headers(header)
         query = {"username": username, "exact": "true", "briefRepresentation": "true", "first": 0, "max": 1}
         with _upstream("user look-up"):
             users = admin.get_users(query)
