@@ -43,7 +43,7 @@ class _SnakeCase:
         child = self._by_values.get(values)
         if child is None:
             child = self._by_values[values] = super().labels(
-                *(snake_case(value) if snake else value for snake, value in zip(self._snake_case, values)))
+                *(snake_case(value) if snake else value for snake, value in zip(self._snake_case, values, strict=True)))
         return child
 
 

@@ -4,8 +4,8 @@ GATEWAY_BFF_UPSTREAMS names `<name>`, and to nothing else, with the session's ac
 What is forwarded: the method, the path and query as the browser sent them (checked first: no `..` or `.`
 segment, no encoded slash or backslash, no empty segment, so nothing can climb out of the upstream's base path or
 read as another host), the body, and the content headers listed in FORWARDED_REQUEST_HEADERS; then
-`Authorization: Bearer <access token>`, the request's `X-Request-ID` and its trace (`traceparent`, `tracestate`).
-Never the browser's cookies, its `X-CSRF` header or its own `Authorization`. What comes back: the status, the headers but hop-by-hop ones,
+`Authorization: Bearer <access token>`, `X-Request-ID` and the trace (`traceparent`). Never the browser's cookies, its
+`X-CSRF` header or its own `Authorization`. What comes back: the status, the headers but hop-by-hop ones,
 `Set-Cookie` (an upstream does not set cookies on the gateway's origin) and CORS headers (the gateway's
 business), and the body, streamed as it arrives. An upstream that cannot be reached (or hangs up) answers 503, one too
 slow (KEYCLOAK_TIMEOUT, connect and read) 504, one that does not speak HTTP 502, in the EDM words.

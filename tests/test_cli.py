@@ -47,7 +47,8 @@ def test_check_config_with_bff_mode_and_redis_never_shows_a_secret(tmp_path):
     secret = tmp_path / "session"
     secret.write_text("session-secret-" * 3 + "\n")
     done = edm_gateway("check-config", env={
-        "KEYCLOAK_CLIENT_SECRET": "s3cret-in-the-env", "GATEWAY_BFF": "true", "GATEWAY_SESSION_SECRET_FILE": str(secret),
+        "KEYCLOAK_CLIENT_SECRET": "s3cret-in-the-env", "GATEWAY_BFF": "true",
+        "GATEWAY_SESSION_SECRET_FILE": str(secret),
         "GATEWAY_REDIS_URL": "redis://:redis-pw-1@127.0.0.1:6379/0", "GATEWAY_SIMPLEJWT_PROFILE": "false",
         "GATEWAY_TESTER_PAGE": "false"})
     assert (done.returncode, done.stderr) == (0, "")

@@ -50,7 +50,8 @@ def test_an_empty_file_variable_is_unset(tmp_path):
 @pytest.mark.parametrize("environ, message", [
     ({"KEYCLOAK_CLIENT_SECRET": "env-secret", "KEYCLOAK_CLIENT_SECRET_FILE": "{file}"},
      "KEYCLOAK_CLIENT_SECRET and KEYCLOAK_CLIENT_SECRET_FILE are both set; set one of them"),
-    ({"KEYCLOAK_CLIENT_SECRET": "x", **BFF, "GATEWAY_SESSION_SECRET": "s" * 32, "GATEWAY_SESSION_SECRET_FILE": "{file}"},
+    ({"KEYCLOAK_CLIENT_SECRET": "x", **BFF, "GATEWAY_SESSION_SECRET": "s" * 32,
+      "GATEWAY_SESSION_SECRET_FILE": "{file}"},
      "GATEWAY_SESSION_SECRET and GATEWAY_SESSION_SECRET_FILE are both set; set one of them"),
     ({"KEYCLOAK_CLIENT_SECRET_FILE": "{dir}/missing"},
      "KEYCLOAK_CLIENT_SECRET_FILE names a file that cannot be read: '{dir}/missing' (No such file or directory)"),
@@ -81,9 +82,10 @@ def test_a_bad_secret_file_stops_the_start_naming_the_variable_never_the_content
 
 
 def test_gunicorn_refuses_to_start_on_an_unreadable_secret_file_in_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "-c", "python:gateway.gunicorn_conf"],
-                          cwd=ROOT, env={"PATH": "/usr/bin:/bin", "KEYCLOAK_CLIENT_SECRET_FILE": str(tmp_path / "gone")},
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "-c", "python:gateway.gunicorn_conf"], cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "KEYCLOAK_CLIENT_SECRET_FILE": str(tmp_path / "gone")}, capture_output=True,
+        text=True, timeout=30)
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1] == (
         f"edm-gateway: configuration error: KEYCLOAK_CLIENT_SECRET_FILE names a file that cannot be read: "
