@@ -37,7 +37,7 @@ def create_app(test_config=None):
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # the documented bodies have a key order
-    app.extensions["store"] = store.connect(settings)  # None without GATEWAY_REDIS_URL
+    app.extensions["store"] = store.connect(settings)  # the host's file, or Redis with GATEWAY_REDIS_URL
     app.extensions["keycloak"] = Keycloak(settings, app.extensions["store"])
 
     observe.register(app)  # first: every later hook and handler finds the request id

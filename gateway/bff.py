@@ -2,11 +2,10 @@
 PKCE), the tokens stay in a server-side session (`gateway/sessions.py`), the browser holds one opaque cookie, and
 its API calls go through the allowlisted proxy (`gateway/proxy.py`) with the access token added.
 
-- `GET /bff/login?returnUrl=/path`: 302 to Keycloak's login page; `state`, `nonce` and the PKCE verifier are kept
-  server-side under `state`, bound to this browser by the `__Host-edm-login` cookie (SameSite=Lax, so that it
-  comes back on Keycloak's cross-site redirect to the callback).
+- `GET /bff/login?returnUrl=/path`: 302 to Keycloak's login page; `state`, `nonce` and the PKCE verifier are sealed
+  into this browser's `__Host-edm-login` cookie (`gateway/logins.py`): nothing is stored for an anonymous request.
 - `GET /bff/callback`: the login of that `state`, if this browser started it (once), then the code exchange, the
-  ID token's checks, a new session, its cookie, and 302 to `returnUrl`.
+  ID token's checks, a new session (the browser's previous one ended), its cookie, and 302 to `returnUrl`.
 - `GET /bff/user`, `POST /bff/logout?sid=`, `/bff/api/<name>/<path>`: need `X-CSRF: 1`, a header that a page of
   another origin can only send after a CORS preflight, which the gateway never grants for `/bff/`
   (`gateway/browser.py`); the session cookie is SameSite=Strict besides.
@@ -16,8 +15,8 @@ an expiry (it goes with the browser session; the server decides how long the ses
 random bits; the store knows only an HMAC of it.
 """
 
+import logging
 import re
-import secrets
 import time
 from urllib.parse import quote, urlsplit
 
@@ -26,18 +25,19 @@ from werkzeug.routing import BaseConverter
 
 from gateway import keycloak, observe, proxy
 from gateway.api import json_response, user_of
-from gateway.errors import InvalidReturnUrl, InvalidSessionId, LoginFailed, MissingCsrfHeader
+from gateway.errors import InvalidReturnUrl, InvalidSessionId, LoginFailed, MissingCsrfHeader, UpstreamError
+from gateway.logins import LOGIN_SECONDS, Logins, code_challenge
 from gateway.logs import register_secret
-from gateway.sessions import LOGIN_SECONDS, Sessions, build_store
+from gateway.sessions import Sessions
 from gateway.tokens import same_text
 
+log = logging.getLogger(__name__)
 bp = Blueprint("bff", __name__, url_prefix="/bff")
 
 SESSION_COOKIE = "__Host-edm-session"
 LOGIN_COOKIE = "__Host-edm-login"
 UNGUARDED = frozenset({"bff.login", "bff.callback"})  # top-level navigations: no header can be added to them
-RETURN_URL_LENGTH = 2048
-_BINDING = re.compile(r"[A-Za-z0-9_-]{43}")  # a login cookie's value: 32 random bytes, base64url
+RETURN_URL_LENGTH = 512  # a path of the portal; the login cookie carries it, for up to three tabs at once
 _KEYCLOAK_WORD = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -48,12 +48,12 @@ class _Everything(BaseConverter):
     part_isolating = False
 
 
-def register(app, settings, shared_store):
-    """Serve `/bff/`: sessions in the shared Redis store if there is one (`gateway.store`), else in the host's
-    file; the upstreams; the blueprint."""
+def register(app, settings, store):
+    """Serve `/bff/`: sessions in the gateway's store (`gateway/store/`), logins in the browser's cookie, the
+    upstreams, the blueprint."""
     register_secret(settings.session_secret)
-    sessions = Sessions(build_store(settings, shared_store), settings.session_secret, settings.timeout)
-    app.extensions["bff_sessions"] = sessions
+    app.extensions["bff_sessions"] = Sessions(store, settings.session_secret, settings.timeout)
+    app.extensions["bff_logins"] = Logins(store, settings.session_secret)
     app.extensions["bff_upstreams"] = proxy.Upstreams(settings)
     app.url_map.converters["everything"] = _Everything
     app.register_blueprint(bp)
@@ -61,6 +61,10 @@ def register(app, settings, shared_store):
 
 def sessions():
     return current_app.extensions["bff_sessions"]
+
+
+def logins():
+    return current_app.extensions["bff_logins"]
 
 
 @bp.before_request
@@ -113,8 +117,8 @@ def local_path(return_url):
 
 def current_session():
     """The request's session, its access token refreshed if it is about to expire (NotLoggedIn without one)."""
-    def heard(outcome, reason, claims):
-        observe.identify(claims)
+    def heard(outcome, reason, session):
+        observe.identify(session.claims)
         observe.audit("bff refresh", outcome, reason)
 
     session = sessions().current(request.cookies.get(SESSION_COOKIE), keycloak.current().refresh, on_refresh=heard)
@@ -126,12 +130,10 @@ def current_session():
 def login():
     """Start a login on Keycloak's page: 302 there, with `state`, `nonce` and the PKCE challenge."""
     return_url = local_path(request.args.get("returnUrl"))
-    binding = request.cookies.get(LOGIN_COOKIE, "")
-    if not _BINDING.fullmatch(binding):  # a browser's logins in several tabs share one binding
-        binding = secrets.token_urlsafe(32)
-    state, nonce, challenge = sessions().begin_login(binding, return_url)
-    response = redirect_to(keycloak.current().authorization_url(state, nonce, challenge))
-    set_cookie(response, LOGIN_COOKIE, binding, "Lax", max_age=LOGIN_SECONDS)
+    cookie, started = logins().begin(request.cookies.get(LOGIN_COOKIE), return_url)
+    response = redirect_to(keycloak.current().authorization_url(started.state, started.nonce,
+                                                                code_challenge(started.verifier)))
+    set_cookie(response, LOGIN_COOKIE, cookie, "Lax", max_age=LOGIN_SECONDS)
     return response
 
 
@@ -139,21 +141,45 @@ def login():
 def callback():
     """Finish the login that `state` names: exchange the code, start the session, 302 to its `returnUrl`."""
     arguments = request.args
-    started = sessions().finish_login(arguments.get("state"), request.cookies.get(LOGIN_COOKIE))
+    login_cookie, started = logins().finish(request.cookies.get(LOGIN_COOKIE), arguments.get("state"))
     if "error" in arguments:
         error = arguments["error"] if _KEYCLOAK_WORD.fullmatch(arguments["error"]) else "(unreadable)"
         raise LoginFailed(f"Keycloak answered error {error}: {arguments.get('error_description', '')[:200]}")
-    if arguments.get("iss", keycloak.current().settings.issuer) != keycloak.current().settings.issuer:
-        raise LoginFailed("the callback names another issuer")  # RFC 9207: a mix-up with another server
+    # RFC 9207: Keycloak names itself in every callback (it advertises authorization_response_iss_parameter_
+    # supported), so a callback without `iss`, or with another, may come from a mix-up with another server.
+    if not same_text(arguments.get("iss", ""), keycloak.current().settings.issuer):
+        raise LoginFailed("the callback names no issuer, or another")
     if not arguments.get("code"):
         raise LoginFailed("callback without code")
     tokens = keycloak.current().exchange_code(arguments["code"], started.verifier, started.nonce)
     observe.identify(tokens.id_claims)
+    end_previous_session(tokens.id_claims["sid"])
     cookie, _ = sessions().create(tokens, tokens.id_claims["sid"])
     response = redirect_to(started.return_url)
     set_cookie(response, SESSION_COOKIE, cookie, "Strict")
-    expire_cookie(response, LOGIN_COOKIE, "Lax")
+    if login_cookie:  # other tabs' logins still under way
+        set_cookie(response, LOGIN_COOKIE, login_cookie, "Lax", max_age=LOGIN_SECONDS)
+    else:
+        expire_cookie(response, LOGIN_COOKIE, "Lax")
     return response
+
+
+def end_previous_session(new_sid):
+    """A new login in this browser ends the session its cookie names, at Keycloak too unless the new login is of
+    the same Keycloak session (Keycloak's own cookie logged the user in again without a password)."""
+    previous = sessions().end(request.cookies.get(SESSION_COOKIE))
+    if previous is not None and previous.sid != new_sid:
+        tell_keycloak_session_ended(previous)
+
+
+def tell_keycloak_session_ended(session):
+    """End the Keycloak session of a session the gateway has ended already; Keycloak's failure is logged, and
+    counted with the logout call's metrics, never turned into a failure of the logout."""
+    try:
+        keycloak.current().end_session(session.refresh_token)
+    except UpstreamError as exc:
+        log.warning("the gateway's session ended, Keycloak's could not be ended now: %s", exc.reason)
+        observe.note("keycloak session not ended: " + exc.reason)
 
 
 @bp.get("/user")
@@ -174,8 +200,8 @@ def logout():
     observe.identify(session.claims)
     if not same_text(request.args.get("sid", ""), session.sid):
         raise InvalidSessionId("sid is not the session's")
-    keycloak.current().end_session(session.refresh_token)
-    sessions().end(cookie)
+    sessions().end(cookie)  # first, whatever Keycloak says next: a logout never fails open
+    tell_keycloak_session_ended(session)
     response = current_app.json.response({"status": 200, "message": "logged out"})
     expire_cookie(response, SESSION_COOKIE, "Strict")
     return response

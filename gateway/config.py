@@ -10,7 +10,7 @@ import re
 import ssl
 import tempfile
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from limits import parse_many
 
@@ -102,16 +102,53 @@ def _rate_limit(name, value):
     return value.strip()
 
 
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where GATEWAY_REDIS_URL points: a server (`sentinels` None), or the Sentinels that name a service's primary."""
+
+    sentinels: tuple = None  # ((host, port), ...) of redis+sentinel://
+    service: str = ""
+    db: int = 0
+    username: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
+
+
+_SENTINEL = re.compile(r"redis\+sentinel://(?:(?P<auth>[^@/]*)@)?(?P<hosts>[^/@]+)/(?P<service>[A-Za-z0-9._-]{1,64})"
+                       r"(?:/(?P<db>[0-9]{1,5}))?/?")
+_LOCATION = re.compile(r"(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
+
+
+def parse_redis_url(value):
+    """A RedisAddress for `redis://`, `rediss://` (TLS) or `redis+sentinel://[[user]:password@]host:port[,host:port]
+    /service[/db]` (the form the `limits` library reads too); ValueError for anything else."""
+    if value.startswith("redis+sentinel://"):
+        match = _SENTINEL.fullmatch(value)
+        if not match:
+            raise ValueError("not a redis+sentinel URL")
+        locations = []
+        for item in match["hosts"].split(","):
+            location = _LOCATION.fullmatch(item)
+            if not location or not 0 < int(location["port"]) < 65536:
+                raise ValueError("not a host:port")
+            locations.append((location["host"].strip("[]"), int(location["port"])))
+        username, _, password = (match["auth"] or "").partition(":")
+        return RedisAddress(tuple(locations), match["service"], int(match["db"] or 0), unquote(username),
+                            unquote(password))
+    parts = urlsplit(value)
+    parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    if (parts.scheme not in ("redis", "rediss") or not parts.hostname
+            or not re.fullmatch(r"(/[0-9]{1,5})?/?", parts.path) or parts.query or parts.fragment):
+        raise ValueError("not a redis URL")
+    return RedisAddress()
+
+
 def _redis_url(name, value):
     try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+        parse_redis_url(value)
     except ValueError:
-        parts = None
-    if (parts is None or parts.scheme not in ("redis", "rediss") or not parts.hostname
-            or not re.fullmatch(r"(/[0-9]{1,5})?/?", parts.path) or parts.query or parts.fragment):
-        raise ConfigError(f"{name} must be a redis:// URL such as redis://127.0.0.1:6379/0, got "
-                          f"{_without_password(value)!r}")
+        raise ConfigError(f"{name} must be a redis://, rediss:// or redis+sentinel:// URL such as "
+                          f"redis://127.0.0.1:6379/0 or redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/edm/0, got "
+                          f"{_without_password(value)!r}") from None
     return value
 
 
@@ -219,7 +256,7 @@ VARIABLES = {
     "GATEWAY_CORS_ORIGINS": ("cors_origins", _origins, ""),
     "GATEWAY_TESTER_PAGE": ("tester_page", _flag, "true"),
     "GATEWAY_KEYS_MAX_AGE": ("keys_max_age", lambda n, v: _seconds(n, v, 0, 86400), "300"),
-    # abuse controls (gateway/limits.py, gateway/userlock.py) and the shared store (gateway/store.py)
+    # abuse controls (gateway/limits.py, gateway/userlock.py) and the shared store (gateway/store/)
     "GATEWAY_HIDE_ACCOUNT_STATE": ("hide_account_state", _flag, "false"),
     "GATEWAY_LIMIT_PER_USERNAME": ("limit_per_username", _rate_limit, "10/minute"),
     "GATEWAY_LIMIT_PER_ADDRESS": ("limit_per_address", _rate_limit, "100/minute"),
@@ -322,10 +359,10 @@ class Settings:
         return os.path.join(base, f"edm-gateway-{os.getuid()}-grants")
 
     @property
-    def session_dir(self):
-        """The per-user directory of the host's BFF session store, beside the lock directory."""
+    def state_dir(self):
+        """The per-user directory of the host's store (`gateway/store/host.py`), beside the lock directory."""
         base = self.runtime_dir or self.temp_dir or tempfile.gettempdir()
-        return os.path.join(base, f"edm-gateway-{os.getuid()}-sessions")
+        return os.path.join(base, f"edm-gateway-{os.getuid()}-state")
 
     @property
     def redirect_uri(self):

@@ -211,7 +211,7 @@ class Keycloak:
         self.keys = RealmKeys(self._fetch_jwks, max_age=settings.keys_max_age)
         self.tokens = AccessTokens(settings, self.keys)
         self.id_tokens = IdTokens(settings, self.keys)
-        if store is None:  # one turn per username on this host, else across every host sharing the store
+        if store is None or store.redis is None:  # one turn per username on this host, else across every host
             self.turns = UsernameTurns(settings.lock_dir, timeout=settings.timeout, waiters=settings.login_waiters,
                                        threads=settings.threads)
         else:

@@ -147,7 +147,8 @@ def init_app(app, settings, store):
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=0, x_host=0, x_port=0,
                                 x_prefix=0)
     options = {"wrap_exceptions": True}
-    if store is not None:
+    shared = store is not None and store.redis is not None
+    if shared:  # the store's own pool, which follows a Sentinel failover; the URI only picks limits' Redis storage
         options["connection_pool"] = store.pool
     limiter = Limiter(
         key_func=client_address,
@@ -158,7 +159,7 @@ def init_app(app, settings, store):
                   methods=["POST"], exempt_when=lambda: login_username() is None, deduct_when=_login_failed),
         ],
         strategy="moving-window",
-        storage_uri=settings.redis_url if store is not None else "edm-memory://",
+        storage_uri="redis://" if shared else "edm-memory://",
         storage_options=options,
         key_prefix="edm-gateway",
         swallow_errors=False,  # a limit that cannot be checked refuses the request; it is never skipped

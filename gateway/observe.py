@@ -86,6 +86,12 @@ def record_outcome(outcome, reason=None):
     g.outcome, g.reason = outcome, reason
 
 
+def note(reason):
+    """What really happened on a request that succeeded all the same (a logout Keycloak did not hear of): for the
+    audit event only."""
+    g.reason = reason
+
+
 def identify(claims):
     """The user a verified token names: for the audit event."""
     g.username, g.user_id = claims.get("preferred_username"), claims.get("sub")

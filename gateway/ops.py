@@ -18,8 +18,8 @@ def healthz():
 
 def readiness_checks():
     """(name, check) of every service the gateway cannot answer without: Redis, where there is one, and Keycloak."""
-    shared = current_app.extensions["store"]
-    return [*([("redis", shared.ready)] if shared is not None else []), ("keycloak", keycloak.current().ready)]
+    store = current_app.extensions["store"]
+    return [*([("redis", store.ready)] if store.redis is not None else []), ("keycloak", keycloak.current().ready)]
 
 
 @bp.get("/readyz")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # System tools the stack needs: Python 3.11+ with venv, Java 17+ (Keycloak 26), Maven (fetches Keycloak),
-# redis-server (the gateways' shared store);
+# redis-server and redis-sentinel (the gateways' shared store, highly available);
 # with `test`, also docker-compose, the compose implementation that validates docker-compose.yml (no engine),
 # Chromium, the browser that Playwright drives in the browser tests (Playwright's own download is not used),
 # and wrk and ss (iproute2) for the bench's smoke check; with `bench`, the same two, which `make bench` uses.
@@ -17,6 +17,7 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if ! command -v java >/dev/null || [ "$(java_major)" -lt 17 ]; then missing+=(default-jre-headless); fi
 command -v mvn >/dev/null || missing+=(maven)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
 if [ "${1:-}" = test ]; then
   command -v docker-compose >/dev/null || missing+=(docker-compose)
   command -v chromium >/dev/null || missing+=(chromium)

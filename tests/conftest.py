@@ -31,8 +31,8 @@ ISSUER = "http://localhost:8180/auth/realms/edm"
 TOKEN_URL = f"{LIVE_URL}realms/edm/protocol/openid-connect/token"
 KEYCLOAK_VERSION = (ROOT / "keycloak" / "VERSION").read_text().strip()
 
-# Chromium, the portal's static site, the gateway under gunicorn; Redis, the echo upstream and BFF gateways
-pytest_plugins = ["tests.browser", "tests.bff"]
+# Chromium, the portal's static site, the gateway under gunicorn; Redis, the echo upstream and BFF gateways; Sentinels
+pytest_plugins = ["tests.browser", "tests.bff", "tests.sentinel"]
 
 
 def mock_config(**overrides):

@@ -274,7 +274,7 @@ def test_two_gateways_sharing_redis_serve_one_session(bff_gateways, kc, short_li
     status, body = raw_request(other.url, "GET", "/bff/user", CSRF, cookie)
     assert (status, body["user"]["username"]) == (200, user.username)
     assert raw_request(other.url, "GET", "/bff/api/echo/x", CSRF, cookie)[0] == 200
-    keys = redis.Redis.from_url(redis_url).keys("edm-gateway:bff:session:*")
+    keys = redis.Redis.from_url(redis_url).keys("edm-gateway:kv:session:*")
     assert len(keys) >= 1 and not any(cookie.encode() in key for key in keys)
 
     wait_until_due(logged_in_at)

@@ -239,7 +239,13 @@ def test_bff_settings():
     ({**BFF, "GATEWAY_BFF_UPSTREAMS": "a=http://x/?q=1"}, "GATEWAY_BFF_UPSTREAMS: the URL of 'a' must be http"),
     ({**BFF, "GATEWAY_BFF_UPSTREAMS": "a=http://x/%2F"}, "GATEWAY_BFF_UPSTREAMS: the URL of 'a' must be http"),
     ({**BFF, "GATEWAY_BFF_UPSTREAMS": "a=http://x:99999"}, "GATEWAY_BFF_UPSTREAMS: the URL of 'a' must be http"),
-    ({**BFF, "GATEWAY_REDIS_URL": "http://127.0.0.1:6379"}, "GATEWAY_REDIS_URL must be a redis:// URL"),
+    ({**BFF, "GATEWAY_REDIS_URL": "http://127.0.0.1:6379"},
+     "GATEWAY_REDIS_URL must be a redis://, rediss:// or redis\\+sentinel:// URL"),
+    ({**BFF, "GATEWAY_REDIS_URL": "redis+sentinel://h:26379"}, "GATEWAY_REDIS_URL must be a redis://"),
+    ({**BFF, "GATEWAY_REDIS_URL": "redis+sentinel://h/edm"}, "GATEWAY_REDIS_URL must be a redis://"),
+    ({**BFF, "GATEWAY_REDIS_URL": "redis+sentinel://h:1,h:99999/edm"}, "GATEWAY_REDIS_URL must be a redis://"),
+    ({**BFF, "GATEWAY_REDIS_URL": "redis+sentinel://:pw@h:1/edm/x"},
+     r"GATEWAY_REDIS_URL .* got 'redis\+sentinel://:\*\*\*@h:1/edm/x'"),
     ({**BFF, "GATEWAY_REDIS_URL": "redis://:secretpw@h:6379/x"}, r"GATEWAY_REDIS_URL .* got 'redis://:\*\*\*@h:6379/x'"),
 ])
 def test_bad_bff_settings_stop_the_start(environ, message):

@@ -10,7 +10,7 @@ import responses
 
 from gateway import create_app
 from gateway.errors import LoginQueueTimeout, TooManyAttempts
-from gateway.store import Store
+from gateway.store.redis import RedisStore
 from gateway.userlock import SharedTurns, UsernameTurns
 from tests.conftest import free_port, mock_config
 
@@ -136,7 +136,7 @@ def test_a_login_refused_for_want_of_a_place_answers_429_at_once_and_never_reach
 
 @pytest.fixture
 def store(redis_url):
-    return Store(create_app(mock_config(GATEWAY_REDIS_URL=redis_url)).config["SETTINGS"])
+    return RedisStore.from_settings(create_app(mock_config(GATEWAY_REDIS_URL=redis_url)).config["SETTINGS"])
 
 
 def test_shared_turns_let_one_login_of_a_username_in_at_a_time_across_hosts(store):
@@ -201,7 +201,7 @@ def test_places_and_turns_of_a_crashed_host_lapse_by_themselves(store):
 
 def test_a_shared_turn_with_redis_unreachable_is_the_stores_503(tmp_path):
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    store = Store(create_app(mock_config(GATEWAY_REDIS_URL=dead)).config["SETTINGS"])
+    store = RedisStore.from_settings(create_app(mock_config(GATEWAY_REDIS_URL=dead)).config["SETTINGS"])
     from gateway.errors import StoreUnavailable
 
     with pytest.raises(StoreUnavailable, match="redis login places: ConnectionError"):

@@ -1,0 +1,250 @@
+"""The store's contract (gateway/store/), every test run on each back-end: the host's SQLite file, a real
+redis-server, and a real Redis primary found through real Sentinels; then what each back-end adds: the host
+file's privacy, a Redis that cannot be reached, a Sentinel failover followed without a restart."""
+
+import os
+import stat
+import threading
+import time
+
+import pytest
+
+from gateway.config import ConfigError, load_settings
+from gateway.errors import StoreUnavailable, UpstreamUnavailable
+from gateway.store import connect
+from gateway.store.host import HostStore
+from gateway.store.redis import RedisStore
+from tests.sentinel import SentinelGroup
+
+
+class Clock:
+    def __init__(self):
+        self.now = time.time()
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def sentinels(tmp_path_factory):
+    group = SentinelGroup(tmp_path_factory.mktemp("sentinels")).start()
+    yield group
+    group.stop()
+
+
+def settings(**environ):
+    return load_settings(environ={"KEYCLOAK_CLIENT_SECRET": "x", **environ})
+
+
+@pytest.fixture(params=["host", "redis", "sentinel"])
+def store(request, tmp_path):
+    """(store, advance): `advance(seconds)` moves the store's clock on (the host's is injected; Redis keeps its
+    own, so there the test waits)."""
+    if request.param == "host":
+        clock = Clock()
+        store = HostStore(str(tmp_path / "state"), timeout=2, clock=clock)
+
+        def advance(seconds):
+            clock.now += seconds
+        return store, advance
+    if request.param == "redis":
+        store = RedisStore.from_settings(settings(GATEWAY_REDIS_URL=request.getfixturevalue("redis_url")))
+    else:
+        group = request.getfixturevalue("sentinels")
+        store = RedisStore.from_settings(settings(GATEWAY_REDIS_URL=group.url))
+        store.redis.flushall()
+    return store, lambda seconds: time.sleep(seconds + 0.05)
+
+
+def test_put_get_take_delete(store):
+    store, _ = store
+    assert store.get("k") is None
+    assert store.put("k", b"v1", 10) is True
+    assert store.get("k") == b"v1"
+    assert store.take("k") == b"v1"
+    assert store.take("k") is None and store.get("k") is None
+    store.put("k", b"v2", 10)
+    store.delete("k")
+    assert store.get("k") is None
+
+
+def test_entries_expire(store):
+    store, advance = store
+    store.put("k", b"v", 0.2)
+    assert store.get("k") == b"v"
+    advance(0.3)
+    assert store.get("k") is None
+    assert store.take("k") is None
+
+
+def test_only_existing_writes_over_a_live_entry_only(store):
+    store, _ = store
+    assert store.put("k", b"new", 10, only_existing=True) is False
+    assert store.get("k") is None  # a deleted session is never brought back by a late refresh
+    store.put("k", b"old", 10)
+    assert store.put("k", b"new", 10, only_existing=True) is True
+    assert store.get("k") == b"new"
+
+
+def test_put_new_stores_for_the_first_caller_only_until_it_expires(store):
+    store, advance = store
+    assert store.put_new("jti", b"first", 0.2) is True
+    assert store.put_new("jti", b"second", 10) is False
+    assert store.get("jti") == b"first"
+    advance(0.3)
+    assert store.put_new("jti", b"third", 10) is True
+    assert store.get("jti") == b"third"
+
+
+def test_a_lease_is_held_by_one_until_released_or_expired(store):
+    store, advance = store
+    token = store.lease("lease", 10)
+    assert token is not None
+    assert store.lease("lease", 10) is None
+    store.release("lease", "not-the-token")
+    assert store.lease("lease", 10) is None
+    store.release("lease", token)
+    short = store.lease("lease", 0.2)
+    assert short is not None
+    advance(0.3)
+    taken = store.lease("lease", 10)
+    assert taken is not None  # a dead holder's lease runs out
+    store.release("lease", short)  # the late holder's release leaves the new holder's lease alone
+    assert store.lease("lease", 10) is None
+
+
+def test_a_lease_is_renewed_only_by_its_holder_while_it_holds_it(store):
+    store, advance = store
+    token = store.lease("lease", 0.3)
+    assert store.renew("lease", "not-the-token", 10) is False
+    assert store.renew("lease", token, 10) is True
+    advance(0.4)
+    assert store.lease("lease", 10) is None  # renewed: still held
+    store.release("lease", token)
+    short = store.lease("lease", 0.2)
+    advance(0.3)
+    assert store.renew("lease", short, 10) is False  # expired: renewing does not bring it back
+    assert store.lease("lease", 10) is not None
+
+
+def test_of_concurrent_takers_exactly_one_gets_the_value(store):
+    store, _ = store
+    for round_ in range(20):
+        store.put(f"state{round_}", b"login", 10)
+    got = []
+
+    def take_all():
+        for round_ in range(20):
+            if store.take(f"state{round_}") is not None:
+                got.append(round_)
+
+    threads = [threading.Thread(target=take_all) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(got) == list(range(20))
+
+
+def test_a_feed_hands_each_reader_what_came_after_its_cursor(store):
+    store, _ = store
+    assert store.since("ended", None) == (None, [])
+    store.append("ended", b"one", 60)
+    store.append("ended", b"two", 60)
+    store.append("other", b"elsewhere", 60)
+    cursor, values = store.since("ended", None)
+    assert values == [b"one", b"two"]
+    assert store.since("ended", cursor) == (cursor, [])
+    store.append("ended", b"three", 60)
+    later, values = store.since("ended", cursor)
+    assert values == [b"three"] and later != cursor
+    assert store.since("ended", None)[1] == [b"one", b"two", b"three"]  # a new reader gets all that is kept
+
+
+def test_a_feed_forgets_entries_after_their_retention(store):
+    store, advance = store
+    store.append("ended", b"old", 0.2)
+    advance(0.3)
+    store.append("ended", b"new", 0.2)
+    assert store.since("ended", None)[1] == [b"new"]
+
+
+def test_the_host_store_is_private_to_its_user(tmp_path):
+    HostStore(str(tmp_path / "s"))
+    assert stat.S_IMODE(os.stat(tmp_path / "s").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(tmp_path / "s" / HostStore.FILE).st_mode) == 0o600
+    open_dir = tmp_path / "open"
+    open_dir.mkdir(mode=0o755)
+    with pytest.raises(ConfigError, match="must be a directory of this user, mode 0700"):
+        HostStore(str(open_dir))
+
+
+def test_the_host_store_comes_back_when_its_file_is_removed(tmp_path):
+    store = HostStore(str(tmp_path / "s"))
+    store.put("k", b"v", 10)
+    os.remove(tmp_path / "s" / HostStore.FILE)
+    assert store.get("k") is None  # the same thread, too, opens the file anew
+    store.put("k", b"again", 10)
+    assert HostStore(str(tmp_path / "s")).get("k") == b"again"  # written where the other processes read
+
+
+def test_a_redis_that_cannot_be_reached_is_a_503():
+    from tests.conftest import free_port
+
+    unreachable = RedisStore.from_settings(settings(GATEWAY_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"))
+    with pytest.raises(StoreUnavailable, match="redis get: ConnectionError"):
+        unreachable.get("k")
+    assert unreachable.ready() is False
+    assert issubclass(StoreUnavailable, UpstreamUnavailable) and StoreUnavailable.code == 503
+
+
+def test_sentinels_that_cannot_be_reached_are_a_503():
+    from tests.conftest import free_port
+
+    unreachable = RedisStore.from_settings(settings(
+        GATEWAY_REDIS_URL=f"redis+sentinel://127.0.0.1:{free_port()},127.0.0.1:{free_port()}/edm/0"))
+    with pytest.raises(StoreUnavailable, match="redis set: MasterNotFoundError"):
+        unreachable.put("k", b"v", 10)
+
+
+def test_connect_picks_the_host_file_or_the_redis_of_the_url(tmp_path, redis_url):
+    host = connect(settings(TMPDIR=str(tmp_path)))
+    assert isinstance(host, HostStore) and host.redis is None
+    assert host.directory == str(tmp_path / f"edm-gateway-{os.getuid()}-state")
+    shared = connect(settings(GATEWAY_REDIS_URL=redis_url))
+    assert isinstance(shared, RedisStore) and shared.ready() is True
+
+
+def test_a_sentinel_failover_is_followed_without_a_restart(tmp_path):
+    """Writes go on through the Sentinels while the primary is killed: every failure is StoreUnavailable, and once
+    the replica is promoted the same store object works again; what the primary had replicated is still there."""
+    group = SentinelGroup(tmp_path / "failover").start()
+    try:
+        store = RedisStore.from_settings(settings(GATEWAY_REDIS_URL=group.url))
+        store.put("before", b"kept", 60)
+        deadline = time.monotonic() + 2
+        while store.redis.execute_command("WAIT", 1, 500) < 1 and time.monotonic() < deadline:
+            pass  # the replica has it: a failover can only lose what was not replicated yet
+        old = group.kill_primary()
+        killed_at = time.monotonic()
+        failures, others, recovered_after = 0, [], None
+        while time.monotonic() - killed_at < 30:
+            try:
+                store.put("during", b"x", 60)
+            except StoreUnavailable:
+                failures += 1
+                time.sleep(0.05)
+                continue
+            except Exception as exc:  # noqa: BLE001 - anything but StoreUnavailable is the finding
+                others.append(repr(exc))
+                continue
+            if group.primary_port() != old:
+                recovered_after = time.monotonic() - killed_at
+                break
+        print(f"sentinel failover: {failures} StoreUnavailable, {len(others)} other errors, writes work again "
+              f"after {recovered_after} s")
+        assert others == []
+        assert recovered_after is not None
+        assert store.get("before") == b"kept" and store.get("during") == b"x"
+    finally:
+        group.stop()
