@@ -68,8 +68,9 @@ def test_check_config_with_bff_mode_and_redis_never_shows_a_secret(tmp_path):
      "edm-gateway: configuration error: KEYCLOAK_CLIENT_SECRET_FILE names a file that cannot be read: "
      "'/nonexistent/secret' (No such file or directory)"),
     ({"KEYCLOAK_CLIENT_SECRET": "x", "GATEWAY_REDIS_URL": "redis://:redis-pw-1@cache:6379/zero"},
-     "edm-gateway: configuration error: GATEWAY_REDIS_URL must be a redis:// URL such as redis://127.0.0.1:6379/0, "
-     "got 'redis://:***@cache:6379/zero'"),
+     "edm-gateway: configuration error: GATEWAY_REDIS_URL must be a redis://, rediss:// or redis+sentinel:// URL such "
+     "as redis://127.0.0.1:6379/0 or redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/edm/0, got "
+     "'redis://:***@cache:6379/zero'"),
 ])
 def test_check_config_exits_non_zero_with_one_line_naming_the_variable(env, line):
     done = edm_gateway("check-config", env=env)

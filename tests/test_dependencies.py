@@ -42,7 +42,7 @@ def test_only_python_keycloak_has_an_upper_bound_and_it_is_tight():
 def imported_packages():
     """The top-level modules gateway/*.py import that are not the standard library's or the gateway's own."""
     names = set()
-    for path in (ROOT / "gateway").glob("*.py"):
+    for path in (ROOT / "gateway").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names.update(alias.name.split(".")[0] for alias in node.names)
