@@ -32,8 +32,8 @@ else:
     metrics_dir, own_metrics_dir = tempfile.mkdtemp(prefix="edm-gateway-metrics-"), True
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
-from gateway import create_app  # noqa: E402 - after the metrics directory is set
-from gateway.limits import per_process_warning  # noqa: E402
+from gateway import create_app  # after the metrics directory is set
+from gateway.limits import per_process_warning
 
 try:
     # Everything a worker will build, built once before any is forked: a start that cannot work stops here,

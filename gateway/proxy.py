@@ -107,7 +107,8 @@ def _translated(name):
     except ProtocolError as exc:
         cause = exc.args[1] if len(exc.args) > 1 else None
         if isinstance(cause, http.client.HTTPException) and not isinstance(cause, ConnectionError):
-            raise ApiBadResponse(f"upstream {name}: not HTTP: {type(cause).__name__}") from exc  # e.g. a bad status line
+            # e.g. a bad status line
+            raise ApiBadResponse(f"upstream {name}: not HTTP: {type(cause).__name__}") from exc
         raise ApiUnavailable(f"upstream {name}: {type(exc).__name__}: {exc}") from exc  # reset, or closed unanswered
     except (SSLError, ProxyError) as exc:  # TLS handshake
         raise ApiUnavailable(f"upstream {name}: {type(exc).__name__}: {exc}") from exc

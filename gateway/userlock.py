@@ -19,8 +19,8 @@ turn's holder and the waiters), counted over the whole host, or over every host 
 is refused at once (TooManyAttempts, 429 with Retry-After) instead of queueing. And within one worker process at
 most `threads - threads // 8` threads may be in line for one username: a worker keeps one thread in eight for
 everyone else even when all the places of a username happen to be in it (gunicorn hands a worker's queued
-requests to its threads in order, so a worker whose every thread waits serves the others only as turns end). On a host a place is an
-open-file-description lock on one byte of the username's lock file (`F_OFD_SETLK`: per open file, so per
+requests to its threads in order, so a worker whose every thread waits serves the others only as turns end). On a host
+a place is an open-file-description lock on one byte of the username's lock file (`F_OFD_SETLK`: per open file, so per
 thread, and released by the kernel when the file is closed or its process dies). With Redis the places are the
 members of a sorted set scored by their expiry, added and counted by one Lua script, so places of a crashed
 process lapse by themselves.

@@ -260,7 +260,8 @@ def test_public_urls_where_browsers_keep_a_secure_cookie(url):
 
 
 def test_gunicorn_refuses_bff_mode_without_a_session_secret():
-    done = subprocess.run([sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "-c", "python:gateway.gunicorn_conf"],
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "-c",
+                           "python:gateway.gunicorn_conf"],
                           cwd=ROOT, env={"PATH": "/usr/bin:/bin", "KEYCLOAK_CLIENT_SECRET": "x", "GATEWAY_BFF": "true"},
                           capture_output=True, text=True, timeout=30)
     assert done.returncode != 0

@@ -177,7 +177,8 @@ def test_a_store_that_cannot_be_reached_answers_503_never_skips(keycloak, dead_r
     answer = drf_login(client)
     assert (answer.status_code, answer.json) == (503, {"detail": "Authentication service unavailable."})
     assert grants(keycloak) == 0
-    assert client.get("/readyz").json == "code=503, message=redis, keycloak unavailable"  # the mocked realm has no metadata
+    # the mocked realm has no metadata
+    assert client.get("/readyz").json == "code=503, message=redis, keycloak unavailable"
     assert client.get("/healthz").status_code == 200
 
 

@@ -111,8 +111,8 @@ def test_success_has_the_same_keys_in_the_same_order(live_client, kc):
         200, ["refresh", "access"])
     refreshed_reference = drf_reference.client().post("/users/refresh/", {"refresh": reference.json()["refresh"]})
     refreshed = live_client.post("/users/refresh/", data={"refresh": ours.json["refresh"]})
-    assert (refreshed.status_code, list(refreshed.json)) == (refreshed_reference.status_code,
-                                                             list(refreshed_reference.json())) == (200, ["access", "refresh"])
+    assert (refreshed.status_code, list(refreshed.json)) == (
+        refreshed_reference.status_code, list(refreshed_reference.json())) == (200, ["access", "refresh"])
     for token in ("access", "refresh"):
         assert live_client.post("/users/verify/", json={"token": ours.json[token]}).json == {} == (
             drf_reference.client().post("/users/verify/", {"token": reference.json()[token]}).json())
@@ -121,7 +121,8 @@ def test_success_has_the_same_keys_in_the_same_order(live_client, kc):
 def test_access_token_where_a_refresh_token_belongs(live_client, kc):
     reference_access = drf_reference.client().post("/users/login/", {"username": "ahmadakbar",
                                                                      "password": "password"}).json()["access"]
-    ours_access = live_client.post("/users/login/", json={"username": "ahmadakbar", "password": "password"}).json["access"]
+    ours_access = live_client.post("/users/login/",
+                                   json={"username": "ahmadakbar", "password": "password"}).json["access"]
     reference = drf_answer("POST", "/users/refresh/", *as_json({"refresh": reference_access}))
     ours = gateway_answer(live_client, "POST", "/users/refresh/", *as_json({"refresh": ours_access}))
     assert ours == reference == (401, {"detail": "Token has wrong type", "code": "token_not_valid"},
