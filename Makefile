@@ -5,7 +5,7 @@ BENCH_ARGS ?=
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install prerequisites keycloak keycloak-stop keycloak-reset redis redis-stop run test floors bench
+.PHONY: install prerequisites keycloak keycloak-stop keycloak-reset redis redis-stop run test lint floors bench
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ run: install
 ## test: the whole suite against the real Keycloak and a Redis (started for the run, stopped after if they were not running)
 test: install
 	@scripts/test.sh
+
+## lint: ruff, as make test runs it first
+lint: install
+	@.venv/bin/ruff check .
 
 ## floors: the offline suite on the lowest dependency releases pyproject.toml allows (make test runs it last)
 floors: install

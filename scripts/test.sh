@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# `make test`: Keycloak and Redis (each started if it is not running), the whole suite, each stopped again if this
-# script started it; then the offline suite on the dependency floors (scripts/floors.sh). Exits non-zero if either
-# failed, and says how long the suite took.
+# `make test`: ruff first; Keycloak and Redis (each started if it is not running), the whole suite, each stopped again
+# if this script started it; then the offline suite on the dependency floors (scripts/floors.sh). Exits non-zero if
+# any of them failed, and says how long the suite took.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+
+.venv/bin/ruff check --quiet . || { echo "ruff: fix the above first (ruff check --fix fixes some)" >&2; exit 1; }
 
 started=no
 redis_started=no
