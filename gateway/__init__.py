@@ -23,28 +23,36 @@ def create_app(test_config=None):
     """Build the app: defaults, then the environment, then `test_config` (keyed by variable name)."""
     from flask import Flask
 
-    from gateway import api, limits, observe, ops, simplejwt, store, tester
+    from gateway import api, backchannel, limits, observe, ops, simplejwt, store, tester
     from gateway.browser import register_browser_headers
-    from gateway.config import load_settings
+    from gateway.config import check_server, load_settings
     from gateway.errors import register_error_handlers
     from gateway.keycloak import Keycloak
     from gateway.logs import configure_logging, register_secret
+    from gateway.revocations import EndedSessions
+    from gateway.rotation import Rotation
 
     configure_logging()
     app = Flask(__name__, static_folder=None)  # gateway/static/ is the tester page's, served only with it
     settings = load_settings(overrides=test_config)
+    check_server(settings)
     register_secret(settings.client_secret)
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # the documented bodies have a key order
     app.extensions["store"] = store.connect(settings)  # the host's file, or Redis with GATEWAY_REDIS_URL
-    app.extensions["keycloak"] = Keycloak(settings, app.extensions["store"])
+    app.extensions["ended_sessions"] = EndedSessions(app.extensions["store"])
+    app.extensions["keycloak"] = Keycloak(settings, app.extensions["store"], app.extensions["ended_sessions"])
+    app.extensions["rotation"] = Rotation(app.extensions["store"], settings.client_secret,
+                                          settings.refresh_grace_seconds, settings.timeout,
+                                          app.extensions["ended_sessions"])
 
     observe.register(app)  # first: every later hook and handler finds the request id
     register_error_handlers(app)
     register_browser_headers(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(backchannel.bp)
     if settings.simplejwt_profile:
         app.register_blueprint(simplejwt.bp)
     if settings.tester_page:
@@ -52,6 +60,6 @@ def create_app(test_config=None):
     if settings.bff:
         from gateway import bff
 
-        bff.register(app, settings, app.extensions["store"])
+        bff.register(app, settings, app.extensions["store"], app.extensions["ended_sessions"])
     limits.init_app(app, settings, app.extensions["store"])  # last: the limits see the request as the views will
     return app

@@ -4,6 +4,7 @@ from flask import Blueprint, current_app
 
 from gateway import keycloak, observe
 from gateway.schemas import LoginSchema, RefreshTokenSchema, bearer_token, load
+from gateway.tokens import unverified_claims
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -38,15 +39,31 @@ def login():
 
 @bp.post("/refresh")
 def refresh():
-    """Exchange a refresh token for new tokens (Keycloak rotates the refresh token)."""
-    return token_response(keycloak.current().refresh(load(refresh_token_schema)["refreshToken"]))
+    """Exchange a refresh token for new tokens (Keycloak rotates the refresh token; gateway/rotation.py)."""
+    return token_response(rotated_refresh(load(refresh_token_schema)["refreshToken"]))
+
+
+def rotated_refresh(refresh_token):
+    """The refresh grant, once per refresh token across the gateways; the same answer within the grace."""
+    return current_app.extensions["rotation"].refresh(refresh_token, keycloak.current().refresh,
+                                                      lambda fields: keycloak.Tokens(**fields))
 
 
 @bp.post("/logout")
 def logout():
     """End the Keycloak session of a refresh token; ending an ended session answers the same."""
-    keycloak.current().logout(load(refresh_token_schema)["refreshToken"])
+    refresh_token = load(refresh_token_schema)["refreshToken"]
+    keycloak.current().logout(refresh_token)
+    end_session_of(refresh_token, "logged out through /api/logout")
     return json_response({"status": 200, "message": "logged out"})
+
+
+def end_session_of(refresh_token, reason):
+    """End, on every gateway, the session of a refresh token that Keycloak has just taken (so its claims, unverified
+    here, are Keycloak's own: a forged one would have been refused)."""
+    sid = unverified_claims(refresh_token).get("sid")
+    if isinstance(sid, str) and sid:
+        current_app.extensions["ended_sessions"].end_sid(sid, reason)
 
 
 def user_of(claims):

@@ -268,10 +268,14 @@ VARIABLES = {
     "GATEWAY_SESSION_SECRET": ("session_secret", _unless_unset(_session_secret), ""),
     "GATEWAY_BFF_UPSTREAMS": ("bff_upstreams", _upstreams, ""),
     "GATEWAY_REDIS_URL": ("redis_url", _unless_unset(_redis_url), ""),
+    # refresh-token rotation (gateway/rotation.py): how long the same old token gets the same new tokens
+    "GATEWAY_REFRESH_GRACE_SECONDS": ("refresh_grace_seconds", lambda n, v: whole_number(n, v, 0, 60), "10"),
     # gunicorn's (read by gateway/gunicorn_conf.py)
     "GATEWAY_BIND": ("bind", _bind, "127.0.0.1:8000"),
     "GATEWAY_WORKERS": ("workers", lambda n, v: whole_number(n, v, 1, 64), "2"),
     "GATEWAY_THREADS": ("threads", lambda n, v: whole_number(n, v, 1, 64), "8"),
+    # set by gunicorn itself in the processes it starts: the app then checks that the gateway's settings are in force
+    "SERVER_SOFTWARE": ("server_software", _as_is, ""),
     # prometheus_client's multiprocess directory (gateway/gunicorn_conf.py wipes it at start, or makes its own)
     "PROMETHEUS_MULTIPROC_DIR": ("metrics_dir", _unless_unset(_directory), ""),
     # where the per-host login turns keep their lock files (gateway/userlock.py)
@@ -322,9 +326,11 @@ class Settings:
     bff_upstreams: tuple  # ((name, base URL), ...)
     # may carry a password (redis://:password@host): not in repr
     redis_url: str = field(repr=False)
+    refresh_grace_seconds: int
     bind: str
     workers: int
     threads: int
+    server_software: str
     metrics_dir: str
     runtime_dir: str
     temp_dir: str
@@ -391,8 +397,28 @@ def _secret_file(variable, path):
     return text
 
 
+# Set by gateway/gunicorn_conf.py: that its settings are in force in this gunicorn (in the master, so in every worker
+# forked from it), and in each worker, before the worker builds the app, its thread count as gunicorn resolved it
+# (its command line, a config file or GATEWAY_THREADS).
+gunicorn_settings = False
+worker_threads = None
+GUNICORN_SETTINGS = "gunicorn -c python:gateway.gunicorn_conf"
+
+
+def check_server(settings):
+    """Refuse to build the app in a gunicorn that runs without the gateway's settings: its metrics would be counted
+    per worker and its timeouts would be gunicorn's own."""
+    if settings.server_software.startswith("gunicorn/") and not gunicorn_settings:
+        # gunicorn prints this error as one line and stops, where any other would restart the worker again and again
+        from gunicorn.errors import AppImportError
+
+        raise AppImportError("edm-gateway: gunicorn runs without the gateway's settings (metrics would be counted per "
+                             f"worker, timeouts would be gunicorn's defaults): start it with {GUNICORN_SETTINGS}")
+
+
 def load_settings(environ=None, overrides=None):
-    """Build Settings from the environment (or `environ`), then `overrides` keyed by variable name."""
+    """Build Settings from the environment (or `environ`), then `overrides` keyed by variable name; in a gunicorn
+    worker, `threads` is the worker's own."""
     environ = os.environ if environ is None else environ
     raw = {name: environ.get(name) for name in NAMES}
     raw.update(overrides or {})
@@ -413,6 +439,8 @@ def load_settings(environ=None, overrides=None):
                 continue
             value = default
         values[attribute] = parse(source.get(name, name), str(value))
+    if worker_threads is not None:
+        values["threads"] = worker_threads
     if not values["keycloak_public_url"]:
         values["keycloak_public_url"] = values["keycloak_url"]
     if values["bff"] and not values["session_secret"]:

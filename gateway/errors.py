@@ -14,7 +14,8 @@
     │   ├── AccountNotSetUp            403 account is not fully set up
     │   ├── InvalidRefreshToken        401 refresh token is invalid or expired
     │   │   ├── ExpiredRefreshToken
-    │   │   └── WrongTokenType         (an access token where a refresh token belongs)
+    │   │   ├── WrongTokenType         (an access token where a refresh token belongs)
+    │   │   └── RefreshReused          (spent before, presented after the grace: its session is ended)
     │   ├── MissingAccessToken         401 missing access token
     │   ├── InvalidAccessToken         401 access token is invalid or expired
     │   │   └── ExpiredAccessToken
@@ -26,7 +27,9 @@
     │   │   └── SessionEnded           (Keycloak no longer refreshes the session's tokens)
     │   ├── InvalidSessionId           400 invalid session id (BFF: /bff/logout?sid=)
     │   ├── UnknownUpstream            404 unknown upstream (BFF: a name not in GATEWAY_BFF_UPSTREAMS)
-    │   └── InvalidUpstreamPath        400 invalid upstream path (BFF: a path that would leave the upstream)
+    │   ├── InvalidUpstreamPath        400 invalid upstream path (BFF: a path that would leave the upstream)
+    │   ├── InvalidLogoutToken         400 invalid_request (back-channel logout: OpenID's JSON object)
+    │   └── SessionNotFound            404 session not found (a session id that is not one of the user's)
     ├── TooManyAttempts                429 too many login attempts (its `retry_after`, also sent as Retry-After)
     ├── LoginQueueTimeout              504 authentication service timed out (the username's turn did not come)
     ├── NotReady                       503 keycloak unavailable (/readyz: names what failed)
@@ -56,6 +59,8 @@ log = logging.getLogger(__name__)
 
 # Endpoints whose request-caused failures answer HTTP 400 with the precise meaning in `code` (the seed's contract).
 STATUS_400_ENDPOINTS = frozenset({"api.login"})
+# The password logins: the SimpleJWT profile and enumeration-safe mode word all their account failures alike.
+LOGIN_ENDPOINTS = frozenset({"api.login", "simplejwt.login"})
 
 
 class GatewayError(Exception):
@@ -149,6 +154,10 @@ class WrongTokenType(InvalidRefreshToken):
     pass
 
 
+class RefreshReused(InvalidRefreshToken):
+    outcome = "refresh_reused"
+
+
 class MissingAccessToken(RequestError):
     code, message = 401, "missing access token"
     outcome = "missing_access_token"
@@ -228,6 +237,19 @@ class UnknownUpstream(RequestError):
 class InvalidUpstreamPath(RequestError):
     code, message = 400, "invalid upstream path"
     outcome = "invalid_upstream_path"
+
+
+class InvalidLogoutToken(RequestError):
+    """A back-channel logout without a logout token that passes every check (`gateway/backchannel.py` renders it
+    as Back-Channel Logout 1.0 says)."""
+
+    code, message = 400, "invalid logout token"
+    outcome = "invalid_logout_token"
+
+
+class SessionNotFound(RequestError):
+    code, message = 404, "session not found"
+    outcome = "session_not_found"
 
 
 class LoginQueueTimeout(GatewayError):
@@ -363,14 +385,26 @@ def _simplejwt_error(error):
     return _response({"detail": detail}, status)
 
 
+def answered(error):
+    """The error an answer tells, whose `outcome` the metrics and the audit log count: where the SimpleJWT profile or
+    enumeration-safe mode words every credential and account-state failure of a login alike, InvalidCredentials,
+    the real cause kept in its `reason` (the audit log's, never a metric's)."""
+    if not isinstance(error, ACCOUNT_ERRORS) or request.endpoint not in LOGIN_ENDPOINTS:
+        return error
+    if _simplejwt_profile() or current_app.config["SETTINGS"].hide_account_state:
+        return InvalidCredentials(error.reason)
+    return error
+
+
 def handle_gateway_error(error):
-    """Render a GatewayError in the shape of the profile the request belongs to."""
-    record_outcome(error.outcome, error.reason)
+    """Render a GatewayError in the shape of the profile the request belongs to, and record the outcome it tells."""
+    shown = answered(error)
+    record_outcome(shown.outcome, error.reason)
     if isinstance(error, (UpstreamError, ApiUpstreamError)):
         log.warning("upstream failure on %s: %s", request.path, error.reason)
     elif isinstance(error, LoginQueueTimeout):
         log.warning("login queue timeout on %s: %s", request.path, error.reason)
-    return _simplejwt_error(error) if _simplejwt_profile() else _edm_error(error)
+    return _simplejwt_error(shown) if _simplejwt_profile() else _edm_error(shown)
 
 
 METHOD_ORDER = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]

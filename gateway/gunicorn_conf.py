@@ -14,8 +14,10 @@ from logging.config import dictConfig
 
 from gunicorn import glogging
 
-from gateway.config import ConfigError, load_settings  # (importing the package imports nothing else)
+import gateway.config  # (not `from gateway import config`: gunicorn would read `config` as its own setting)
+from gateway.config import GUNICORN_SETTINGS, ConfigError, load_settings  # (the package imports nothing else)
 
+gateway.config.gunicorn_settings = True  # in this master, and so in every worker forked from it
 try:
     settings = load_settings()
 except ConfigError as exc:
@@ -32,8 +34,8 @@ else:
     metrics_dir, own_metrics_dir = tempfile.mkdtemp(prefix="edm-gateway-metrics-"), True
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
-from gateway import create_app  # after the metrics directory is set
-from gateway.limits import per_process_warning
+from gateway import create_app  # noqa: E402 - after the metrics directory is set
+from gateway.limits import per_process_warning  # noqa: E402
 
 try:
     # Everything a worker will build, built once before any is forked: a start that cannot work stops here,
@@ -55,6 +57,17 @@ class JsonLogger(glogging.Logger):
 
         dictConfig(logging_config())
         self._access_log_enabled = False  # also spares gunicorn building the access line's fields per request
+
+
+def post_fork(server, worker):
+    """Tell the app this worker builds next how many threads serve it, however gunicorn was told (`--threads`, a
+    config file, GATEWAY_THREADS): the bound on logins waiting for one username counts from it."""
+    if worker.cfg.preload_app:
+        from gunicorn.errors import AppImportError  # one line, and gunicorn stops
+
+        raise AppImportError("edm-gateway: --preload is not supported (each worker builds its own app, once gunicorn "
+                             f"told it its thread count): start it with {GUNICORN_SETTINGS}, without --preload")
+    gateway.config.worker_threads = worker.cfg.threads
 
 
 def child_exit(server, worker):

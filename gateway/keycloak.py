@@ -47,7 +47,7 @@ from gateway.errors import (
     UsernameNotFound,
     WrongPassword,
 )
-from gateway.tokens import AccessTokens, IdTokens, RealmKeys
+from gateway.tokens import AccessTokens, IdTokens, LogoutTokens, RealmKeys
 from gateway.userlock import SharedTurns, UsernameTurns
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class Keycloak:
     """The realm `edm` as the gateway uses it: grants, logout, introspection and user look-ups; its access tokens
     are checked by `self.tokens` against the realm's keys in `self.keys`."""
 
-    def __init__(self, settings, store=None):
+    def __init__(self, settings, store=None, ended=None):
         self.settings = settings
         realm = f"{settings.keycloak_url}realms/{settings.realm}/"
         self._urls = {name: realm + path for name, path in ENDPOINTS.items()}
@@ -209,8 +209,9 @@ class Keycloak:
         except Exception as exc:  # any failure here is a start-up failure, named
             raise ConfigError(f"cannot build the Keycloak client: {type(exc).__name__}: {exc}") from exc
         self.keys = RealmKeys(self._fetch_jwks, max_age=settings.keys_max_age)
-        self.tokens = AccessTokens(settings, self.keys)
+        self.tokens = AccessTokens(settings, self.keys, ended=ended)
         self.id_tokens = IdTokens(settings, self.keys)
+        self.logout_tokens = LogoutTokens(settings, self.keys)
         if store is None or store.redis is None:  # one turn per username on this host, else across every host
             self.turns = UsernameTurns(settings.lock_dir, timeout=settings.timeout, waiters=settings.login_waiters,
                                        threads=settings.threads)
@@ -393,5 +394,10 @@ class Keycloak:
             claims = self.tokens.verify(access)
         except InvalidAccessToken as exc:
             raise UpstreamBadResponse(f"Keycloak issued a token the gateway cannot verify: {exc.reason}") from None
+        # The token's own lifetime: Keycloak's expires_in counts down from its clock as it answers (299 for the
+        # same 300-second token when an answer crosses a second).
+        issued = claims.get("iat")
+        if type(issued) is int and type(claims["exp"]) is int:
+            expires_in = claims["exp"] - issued
         return Tokens(access, refresh, expires_in, claims,
                       refresh_expires_in if type(refresh_expires_in) is int else 0)

@@ -4,9 +4,11 @@
   only failed attempts count (letter case ignored, the username read from a payload that passed validation; a
   payload that fails it counts per address only). Sharing them means alternating `/api/login` and
   `/users/login/` gains an attacker nothing.
-- Every other POST endpoint has the per-address limit, each endpoint its own count. GETs (`/api/me`, `/healthz`,
-  `/readyz`, `/metrics`) are never limited, nor is BFF mode's API proxy (`/bff/api/`): its calls are the portal's
-  own API traffic through a logged-in session, not attempts at credentials.
+- Every other POST endpoint has the per-address limit, each endpoint its own count, and so has BFF mode's login
+  start (`GET /bff/login`, and HEAD, which runs the same view): an anonymous request that costs a sealed login
+  (and, where one is kept, a record), so one address cannot make them without bound. Other GETs (`/api/me`,
+  `/healthz`, `/readyz`, `/metrics`) are never limited, nor is BFF mode's API proxy (`/bff/api/`): its calls are
+  the portal's own API traffic through a logged-in session, not attempts at credentials.
 - Strategy: moving window. It counts exactly the attempts of the last period, so there is no window edge at which
   twice the limit gets through, and the `Retry-After` it gives is exact: when the oldest counted attempt leaves the
   window. Its cost, one timestamp kept per counted attempt, is bounded by the limit itself.
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 # The login endpoints, and the HTTP status of their answer to a credential or account-state failure.
 LOGIN_ENDPOINTS = {"api.login": 400, "simplejwt.login": 401}
 LOGIN_SCOPE = "login"
+# The one endpoint limited although it is a GET: an anonymous login start.
+LOGIN_START = "bff.login"
 # What a limit's key function returns when the request gives no value: an empty key would skip the limit.
 UNKNOWN = "unknown"
 
@@ -140,6 +144,14 @@ def _failed_after_the_view(error):
     return handle_http_error(error)
 
 
+def _never_limited():
+    """Every limit is a POST's or a login start's (GET, HEAD): other requests leave before Flask-Limiter resolves
+    (and re-parses) any limit."""
+    if request.method == "POST":
+        return False
+    return request.endpoint != LOGIN_START or request.method not in ("GET", "HEAD")
+
+
 def init_app(app, settings, store):
     """Install the limits and the client address; call last, so the limits run after every other before-request
     hook."""
@@ -153,8 +165,7 @@ def init_app(app, settings, store):
     limiter = Limiter(
         key_func=client_address,
         default_limits=[
-            Limit(settings.limit_per_address, key_function=client_address, scope=_address_scope, shared=True,
-                  methods=["POST"]),
+            Limit(settings.limit_per_address, key_function=client_address, scope=_address_scope, shared=True),
             Limit(settings.limit_per_username, key_function=username_key, scope=LOGIN_SCOPE, shared=True,
                   methods=["POST"], exempt_when=lambda: login_username() is None, deduct_when=_login_failed),
         ],
@@ -166,11 +177,12 @@ def init_app(app, settings, store):
         headers_enabled=False,  # Retry-After goes on refusals only
         on_breach=_refuse,
     )
-    # Every limit is a POST's: other requests leave before Flask-Limiter resolves (and re-parses) any limit.
-    limiter.request_filter(lambda: request.method != "POST")
+    limiter.request_filter(_never_limited)
     limiter.init_app(app)
     if "bff.api" in app.view_functions:
         limiter.exempt(app.view_functions["bff.api"])
+    # An admin signing out a realm makes Keycloak send a burst from one address; each token is checked anyway.
+    limiter.exempt(app.view_functions["backchannel.logout"])
     app.extensions["limits"] = limiter
     app.register_error_handler(StorageError, _store_failed)
     app.register_error_handler(InternalServerError, _failed_after_the_view)

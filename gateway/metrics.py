@@ -5,9 +5,12 @@ before anything imports prometheus_client (which decides at import whether it ru
 marks dead workers in `child_exit`; each scrape then reads every worker's files with a fresh registry. Without
 it (the Flask test client, `flask run`) the series live in this process.
 
-The `outcome` label is the error's `outcome` attribute (`gateway.errors`), or `success`: the audit log uses the
-same value, so the two never disagree. Label values are snake_case, as Prometheus names are: the callers pass the
-words they log (`password grant`, `api.login`) and `_SnakeCase` writes them `password_grant`, `api_login`.
+The `outcome` label is the `outcome` of the error the answer told (`gateway.errors.answered`), or `success`: the
+audit log uses the same value, so the two never disagree, and neither tells more than the answer did. Where the
+SimpleJWT profile or enumeration-safe mode hides the account state, the real cause is only in the audit line's
+`reason`. The series are for the operator's scraper: nginx in compose refuses `/metrics` from outside. Label values
+are snake_case, as Prometheus names are: the callers pass the words they log (`password grant`, `api.login`) and
+`_SnakeCase` writes them `password_grant`, `api_login`.
 """
 
 import functools

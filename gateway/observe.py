@@ -30,10 +30,11 @@ TRACESTATE = re.compile(r"[\x20-\x7e]{1,512}")
 # endpoint -> audit event; every attempt at one of these leaves an audit line
 AUDITED = {"api.login": "login", "simplejwt.login": "login", "api.refresh": "refresh",
            "simplejwt.refresh": "refresh", "api.logout": "logout",
-           "bff.login": "bff login", "bff.callback": "bff callback", "bff.logout": "bff logout"}
+           "bff.login": "bff login", "bff.callback": "bff callback", "bff.logout": "bff logout",
+           "backchannel.logout": "backchannel logout"}
 # ...and "bff refresh", written by `audit()` whenever a BFF request refreshes its session's tokens.
 # blueprints whose requests are attempts at the documented API (the operations endpoints are not)
-API_BLUEPRINTS = frozenset({"api", "simplejwt", "bff"})
+API_BLUEPRINTS = frozenset({"api", "simplejwt", "bff", "backchannel"})
 
 request_log = logging.getLogger("gateway.request")
 audit_log = logging.getLogger("gateway.audit")
@@ -82,7 +83,7 @@ def trace_headers():
 
 
 def record_outcome(outcome, reason=None):
-    """The documented answer this request got (an error's `outcome`), and what really happened."""
+    """The documented answer this request got (the `outcome` of the error it told), and what really happened."""
     g.outcome, g.reason = outcome, reason
 
 

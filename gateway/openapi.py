@@ -211,7 +211,9 @@ def _bff_operations():
                                   "description": "the Keycloak session id of /bff/user's logoutUrl"}],
         "security": [{"bffSession": []}],
         "responses": {"200": _answer("logged out", "MessageBody", "Set-Cookie"),
-                      **_bff_failures(e.InvalidSessionId, e.NotLoggedIn, e.MissingCsrfHeader, limited=True)},
+                      # Keycloak's failures never fail a logout: the gateway's session ends first
+                      **_bff_failures(e.InvalidSessionId, e.NotLoggedIn, e.MissingCsrfHeader, keycloak=False,
+                                      limited=True)},
     }
     parameters = [BFF_CSRF,
                   {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},

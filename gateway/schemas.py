@@ -52,6 +52,15 @@ class RefreshTokenSchema(Schema):
     refreshToken = fields.String(required=True, validate=[validate.Length(min=1, max=8192), utf8])
 
 
+class LogoutTokenSchema(Schema):
+    """`{logout_token}` of a back-channel logout (a form, as Keycloak posts it)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    logout_token = fields.String(required=True, validate=[validate.Length(min=1, max=8192), utf8])
+
+
 def request_fields():
     """The request body as a mapping of fields: a JSON value, or form fields (a repeated field is a list)."""
     if request.is_json:

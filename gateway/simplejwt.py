@@ -5,11 +5,13 @@ in DRF's shapes by `gateway.errors`; which of SimpleJWT's words a refused token 
 from flask import Blueprint, current_app
 
 from gateway import keycloak, observe
+from gateway.api import rotated_refresh
 from gateway.errors import (
     ExpiredAccessToken,
     ExpiredRefreshToken,
     InvalidAccessToken,
     InvalidRefreshToken,
+    RefreshReused,
     WrongTokenType,
 )
 from gateway.schemas import TokenObtainSchema, TokenRefreshSchema, TokenVerifySchema, load_drf
@@ -60,7 +62,9 @@ def refresh_pair(token):
     """The refresh grant; a refused token is told apart only then, as SimpleJWT words it (wrong type, expired)."""
     kc = keycloak.current()
     try:
-        return kc.refresh(token)
+        return rotated_refresh(token)
+    except RefreshReused:
+        raise
     except InvalidRefreshToken as exc:
         if kc.tokens.is_valid(token):
             raise WrongTokenType(exc.reason) from None

@@ -23,7 +23,14 @@ import jwt
 from jwt.algorithms import RSAAlgorithm
 
 from gateway import metrics
-from gateway.errors import ExpiredAccessToken, InvalidAccessToken, InvalidIdToken, UpstreamBadResponse, UpstreamError
+from gateway.errors import (
+    ExpiredAccessToken,
+    InvalidAccessToken,
+    InvalidIdToken,
+    InvalidLogoutToken,
+    UpstreamBadResponse,
+    UpstreamError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +70,23 @@ def unverified_claims(token):
     return claims if isinstance(claims, dict) else {}
 
 
-def read_signed(token, keys, refused):
+def read_signed(token, keys, refused, typ=None):
     """The claims of a compact JWS signed with RS256 by a key of the realm, with the key's kid and the key:
     (claims, kid, key). Read as strictly as Keycloak writes its tokens (three canonical base64url segments, no
-    `crit`), the payload only once the signature holds; anything else raises `refused(reason)`."""
+    `crit`, the header's `typ` `typ` when there is one and `typ` is given), the payload only once the signature
+    holds; anything else raises `refused(reason)`."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise refused("not a compact JWS: three segments")
+    header_text, payload_text, signature_text = parts
     try:
-        header_text, payload_text, signature_text = token.split(".")
         header = json.loads(_segment(header_text))
         if (not isinstance(header, dict) or header.get("alg") != "RS256" or not isinstance(header.get("kid"), str)
                 or "crit" in header):  # no critical extension is understood here
             raise refused("not an RS256 token with a kid")
+        given = header.get("typ", typ) if typ is not None else None
+        if typ is not None and (not isinstance(given, str) or given.lower().removeprefix("application/") != typ):
+            raise refused(f"a JWT of another type than {typ}")  # RFC 7515: `typ` is a media type, case-insensitive
         kid = header["kid"]
         key = keys.get(kid)
         if key is None:
@@ -193,11 +207,12 @@ class AccessTokens:
 
     CACHE_SIZE = 4096
 
-    def __init__(self, settings, keys, clock=time.time):
+    def __init__(self, settings, keys, clock=time.time, ended=None):
         self.issuer = settings.issuer
         self.client_id = settings.client_id
         self.keys = keys
         self.clock = clock  # the tests set the clock forward instead of waiting for tokens to expire
+        self.ended = ended  # the ended sessions (gateway/revocations.py): a token of one is refused
         self._verified = {}  # token digest -> (claims, kid, key)
         self._lock = threading.Lock()
 
@@ -209,12 +224,16 @@ class AccessTokens:
             claims = known[0]
         else:
             claims, kid, key = self._verify_signed(token)
+            if self.ended is not None:
+                self.ended.learn(claims)
             with self._lock:
                 if len(self._verified) >= self.CACHE_SIZE:
                     del self._verified[next(iter(self._verified))]
                 self._verified[digest] = (claims, kid, key)
         if claims["exp"] + LEEWAY_SECONDS < self.clock():
             raise ExpiredAccessToken("expired")
+        if self.ended is not None and self.ended.ended(claims):
+            raise InvalidAccessToken("its session has ended")
         return claims
 
     def _verify_signed(self, token):
@@ -294,3 +313,48 @@ class IdTokens:
         at_hash = claims.get("at_hash")
         if not isinstance(at_hash, str) or not same_text(at_hash, _access_token_hash(access_token)):
             raise InvalidIdToken("ID token: at_hash does not match the access token")
+
+
+BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+LOGOUT_TOKEN_AGE = 300  # seconds a logout token's `iat` may lie in the past (Keycloak's live 120 s)
+
+
+class LogoutTokens:
+    """Checks a logout token of OpenID Connect Back-Channel Logout 1.0 locally: an RS256 signature by a key the realm
+    publishes, header `typ` `logout+jwt` when present, `iss`, `aud` naming this client, `iat` recent, `exp` not
+    passed (LEEWAY_SECONDS of leeway for both), the back-channel logout event, `sid` or `sub`, a `jti`, no
+    `nonce`. (Whether the `jti` was seen before is the receiver's business: it needs the store.)"""
+
+    def __init__(self, settings, keys, clock=time.time):
+        self.issuer = settings.issuer
+        self.client_id = settings.client_id
+        self.keys = keys
+        self.clock = clock
+
+    def verify(self, token):
+        """The claims of a valid logout token; else InvalidLogoutToken naming the check that failed."""
+        claims, _, _ = read_signed(token, self.keys, InvalidLogoutToken, typ="logout+jwt")
+        now = self.clock()
+        audience = claims.get("aud")
+        events = claims.get("events")
+        if claims.get("iss") != self.issuer:
+            raise InvalidLogoutToken("another issuer")
+        if self.client_id not in (audience if isinstance(audience, list) else [audience]):
+            raise InvalidLogoutToken("issued to another client")
+        for name in ("iat", "exp"):
+            if not isinstance(claims.get(name), (int, float)) or isinstance(claims.get(name), bool):
+                raise InvalidLogoutToken(f"no usable {name}")
+        if not now - LOGOUT_TOKEN_AGE - LEEWAY_SECONDS <= claims["iat"] <= now + LEEWAY_SECONDS:
+            raise InvalidLogoutToken("iat not recent")
+        if claims["exp"] + LEEWAY_SECONDS < now:
+            raise InvalidLogoutToken("expired")
+        if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_LOGOUT_EVENT), dict):
+            raise InvalidLogoutToken("no back-channel logout event")
+        named = [name for name in ("sid", "sub") if name in claims]
+        if not named or any(not isinstance(claims[name], str) or not claims[name] for name in named):
+            raise InvalidLogoutToken("neither sid nor sub, or one that is not a string")
+        if "nonce" in claims:
+            raise InvalidLogoutToken("a nonce, as in an ID token")
+        if not isinstance(claims.get("jti"), str) or not claims["jti"]:
+            raise InvalidLogoutToken("no jti")
+        return claims

@@ -17,13 +17,17 @@ A thread that waits for a turn is a thread that serves nobody else, so a burst o
 take every thread of the host. Each login therefore first takes one of `waiters + 1` places of its username (the
 turn's holder and the waiters), counted over the whole host, or over every host with Redis; when none is free it
 is refused at once (TooManyAttempts, 429 with Retry-After) instead of queueing. And within one worker process at
-most `threads - threads // 8` threads may be in line for one username: a worker keeps one thread in eight for
-everyone else even when all the places of a username happen to be in it (gunicorn hands a worker's queued
-requests to its threads in order, so a worker whose every thread waits serves the others only as turns end). On a host
-a place is an open-file-description lock on one byte of the username's lock file (`F_OFD_SETLK`: per open file, so per
+most `threads - max(1, threads // 8)` threads may be in line for one username: a worker keeps one thread in eight,
+and at least one whenever it has two or more, for everyone else even when all the places of a username happen to
+be in it (gunicorn hands a worker's queued requests to its threads in order, so a worker whose every thread waits
+serves the others only as turns end). `threads` is the worker's real count, as gunicorn resolved it
+(`gateway/gunicorn_conf.py` tells each worker before it builds the app). On a host a place is an
+open-file-description lock on one byte of the username's lock file (`F_OFD_SETLK`: per open file, so per
 thread, and released by the kernel when the file is closed or its process dies). With Redis the places are the
 members of a sorted set scored by their expiry, added and counted by one Lua script, so places of a crashed
-process lapse by themselves.
+process lapse by themselves. A turn held in Redis is extended while its holder is inside (a watchdog thread per
+process renews it, and the holder's place, every third of the expiry), so it never lapses under a grant or look-up
+still running; a holder whose process died stops being renewed, and its turn lapses within the expiry.
 """
 
 import fcntl
@@ -76,6 +80,12 @@ def _no_place(where):
                            retry_after=RETRY_AFTER)
 
 
+def in_line_bound(threads):
+    """How many of a worker's `threads` may hold or wait for one username's turn: all but one in eight, and all but
+    one whenever there are two or more."""
+    return max(1, threads - max(1, threads // 8))
+
+
 class _Queue:
     """The threads of this process that hold or wait for one username's turn."""
 
@@ -93,7 +103,7 @@ class _Turns:
         self.timeout = timeout
         self.waiters = waiters
         # None: no bound of its own (a process not serving requests from a fixed number of threads)
-        self.in_line_per_process = max(1, threads - threads // 8) if threads else None
+        self.in_line_per_process = in_line_bound(threads) if threads else None
         self._queues = {}
         self._guard = threading.Lock()
 
@@ -244,6 +254,29 @@ redis.call('ZADD', KEYS[1], t + tonumber(ARGV[2]), ARGV[3])
 redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) * 1000))
 return 1
 """
+# KEYS[1]: the username's places; ARGV: seconds the place lives from now on, the place's token. A place that lapsed
+# or was given back stays gone.
+RENEW_PLACE = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+if redis.call('ZADD', KEYS[1], 'XX', 'CH', t + tonumber(ARGV[1]), ARGV[2]) == 0 then
+  return 0
+end
+local life = math.ceil(tonumber(ARGV[1]) * 1000)
+if redis.call('PTTL', KEYS[1]) < life then
+  redis.call('PEXPIRE', KEYS[1], life)
+end
+return 1
+"""
+
+
+class _Held:
+    """A turn that a thread of this process holds in Redis, with its place: what the watchdog renews."""
+
+    def __init__(self, lock, places, token, until):
+        self.lock, self.places, self.token, self.until = lock, places, token, until
+        self.inside = True
+        self.guard = threading.Lock()  # a renewal and the holder's leaving never interleave
 
 
 class SharedTurns(_Turns):
@@ -253,9 +286,17 @@ class SharedTurns(_Turns):
     def __init__(self, store, timeout, waiters=7, threads=None):
         super().__init__(timeout, waiters, threads)
         self.client = store.client
-        # The lock outlives the longest grant (connect and read, each up to `timeout`), then lapses on its own.
+        # A turn whose holder's process died lapses this long after its last renewal: a grant's connect and read.
         self.expiry = 2 * timeout + 1
+        # Renewed at most this long: the grant and the look-ups after it (the service account's token, the user, its
+        # brute-force status) are a few calls, each bounded by `timeout` to connect and as long to read; a holder
+        # stuck past all of them no longer keeps the username from everyone.
+        self.longest_hold = 10 * timeout
         self._take_place = self.client.register_script(TAKE_PLACE)
+        self._renew_place = self.client.register_script(RENEW_PLACE)
+        self._held = set()
+        self._held_guard = threading.Lock()
+        self._watchdog = None  # the thread renewing this process's turns, while it holds any
 
     @contextmanager
     def hold(self, username):
@@ -272,20 +313,62 @@ class SharedTurns(_Turns):
         try:
             queue = self._enter(key, deadline)
             try:
+                # Not thread-local: the watchdog thread renews the lock this thread holds.
                 lock = self.client.lock(f"edm-gateway:turn:{name}", timeout=self.expiry, sleep=0.005,
-                                        blocking_timeout=max(0.0, deadline - time.monotonic()))
+                                        blocking_timeout=max(0.0, deadline - time.monotonic()), thread_local=False)
                 with translated("login turn"):
                     if not lock.acquire():
                         raise LoginQueueTimeout("waited too long for a login of the same username elsewhere")
+                held = self._watch(_Held(lock, places, token, time.monotonic() + self.longest_hold))
                 try:
                     yield
                 finally:
+                    self._unwatch(held)
                     # Not deleted: left to lapse once the grant settled in Keycloak, then the next one may begin.
                     self._let_go("login turn", lambda: lock.extend(SETTLE_SECONDS, replace_ttl=True))
             finally:
                 self._leave(key, queue)
         finally:
             self._let_go("login places", lambda: self.client.zrem(places, token))
+
+    def _watch(self, held):
+        with self._held_guard:
+            self._held.add(held)
+            if self._watchdog is None or not self._watchdog.is_alive():  # none yet, or it stayed in a forked parent
+                self._watchdog = threading.Thread(target=self._renewals, name="edm-gateway-turn-watchdog",
+                                                  daemon=True)
+                self._watchdog.start()
+        return held
+
+    def _unwatch(self, held):
+        with held.guard:
+            held.inside = False
+        with self._held_guard:
+            self._held.discard(held)
+
+    def _renewals(self):
+        """The watchdog: every third of the expiry, extend each turn held here (and its place), until none is."""
+        while True:
+            time.sleep(self.expiry / 3)
+            with self._held_guard:
+                if not self._held:
+                    self._watchdog = None
+                    return
+                held = list(self._held)
+            for turn in held:
+                self._renew(turn)
+
+    def _renew(self, turn):
+        with turn.guard:
+            if not turn.inside or time.monotonic() > turn.until:
+                return
+            try:
+                with translated("login turn renewal"):
+                    turn.lock.reacquire()
+                    self._renew_place(keys=[turn.places], args=[self.expiry, turn.token])
+            except StoreUnavailable as exc:
+                # Lost, or Redis away: Keycloak's own guard is the backstop; the next renewal tries again.
+                log.warning("could not extend a login turn: %s", exc.reason)
 
     @staticmethod
     def _let_go(operation, release):

@@ -3,6 +3,7 @@
 # redis-server and redis-sentinel (the gateways' shared store, highly available);
 # with `test`, also docker-compose, the compose implementation that validates docker-compose.yml (no engine),
 # Chromium, the browser that Playwright drives in the browser tests (Playwright's own download is not used),
+# nginx, which serves nginx/gateway.conf itself in tests/test_nginx_metrics.py,
 # and wrk and ss (iproute2) for the bench's smoke check; with `bench`, the same two, which `make bench` uses.
 # Installs the missing ones with apt-get where that is possible, else says what to install.
 #   scripts/prerequisites.sh [test|bench]
@@ -21,6 +22,7 @@ command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
 if [ "${1:-}" = test ]; then
   command -v docker-compose >/dev/null || missing+=(docker-compose)
   command -v chromium >/dev/null || missing+=(chromium)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 fi
 if [ "${1:-}" = test ] || [ "${1:-}" = bench ]; then
   command -v wrk >/dev/null || missing+=(wrk)

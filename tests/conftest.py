@@ -94,6 +94,13 @@ def hermetic_environment():
         yield
 
 
+@pytest.fixture(autouse=True)
+def private_state(tmp_path_factory, monkeypatch):
+    """Each test's gateways keep their host state (the store's file, the login turns' lock files) in a directory of
+    the test's own: a refresh token spent, a session ended or a logout token seen in one test is never another's."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def app():
     return create_app(mock_config())

@@ -334,8 +334,9 @@ def test_a_new_login_in_the_same_browser_ends_its_previous_session(client, realm
 
 
 def test_anonymous_login_starts_store_nothing(client, app):
-    for _ in range(200):
-        assert client.get("/bff/login", query_string={"returnUrl": "/" + "a" * 511}).status_code == 302
+    for i in range(200):  # from 200 addresses: each one's login starts count against its per-address limit
+        assert client.get("/bff/login", query_string={"returnUrl": "/" + "a" * 511},
+                          environ_base={"REMOTE_ADDR": f"10.0.0.{i}"}).status_code == 302
         client.delete_cookie("__Host-edm-login")  # each start a new "browser"
     store = app.extensions["store"]
     assert store._execute("count", "SELECT count(*) FROM entries").fetchone()[0] == 0
@@ -505,3 +506,16 @@ def test_the_api_proxy_is_not_rate_limited_and_logout_is(tmp_path, realm, echo_u
     answers = [client.post("/bff/logout?sid=other", headers=CSRF) for _ in range(4)]
     assert [a.status_code for a in answers] == [400, 400, 400, 429]
     assert answers[-1].json == "code=429, message=too many login attempts"
+
+
+def test_a_back_channel_logout_deletes_the_bff_sessions_of_its_keycloak_session(client, realm, app, signer):
+    from tests.test_backchannel import logout_claims, sign
+
+    log_in(client, realm)
+    key = app.extensions["bff_sessions"].sealer.key("session", client.get_cookie("__Host-edm-session").value)
+    assert app.extensions["store"].get(key) is not None
+    assert client.post("/backchannel-logout", data={"logout_token": sign(signer, logout_claims())}).status_code == 200
+    assert app.extensions["store"].get(key) is None  # deleted, not only refused
+    for path, method in (("/bff/user", "GET"), ("/bff/api/echo/x", "GET")):
+        answer = client.open(path, method=method, headers=CSRF)
+        assert (answer.status_code, answer.json) == (401, "code=401, message=not logged in")

@@ -319,7 +319,7 @@ def test_nginx_sends_to_both_replicas_and_sets_the_forwarded_for_itself(nginx):
     assert servers == [f"{replica}:8000" for replica in GATEWAY_REPLICAS]
     (server,) = directives(nginx, "server")
     assert directives(server["block"], "listen")[0]["args"] == ["8000"]  # the port compose publishes
-    (location,) = directives(server["block"], "location")
+    (location,) = [d for d in directives(server["block"], "location") if d["args"] == ["/"]]
     headers = {tuple(d["args"][:1]): d["args"][1] for d in directives(location["block"], "proxy_set_header")}
     # The client's own X-Forwarded-For is replaced, not appended to: it cannot choose the address it is counted as.
     assert headers[("X-Forwarded-For",)] == "$remote_addr"

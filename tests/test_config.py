@@ -1,16 +1,19 @@
 """Configuration is typed and checked at start: a bad setting stops the gateway with the variable's name."""
 
 import dataclasses
+import json
+import os
 import re
 import subprocess
 import sys
 import time
 
 import pytest
+import requests
 
 from gateway import create_app
 from gateway.config import NAMES, VARIABLES, ConfigError, Settings, load_settings
-from tests.conftest import ROOT, mock_config
+from tests.conftest import LOGGED, ROOT, Gunicorn, free_port, mock_config
 
 BASE = {"KEYCLOAK_CLIENT_SECRET": "s3cret"}
 
@@ -267,3 +270,114 @@ def test_gunicorn_refuses_bff_mode_without_a_session_secret():
     assert done.returncode != 0
     assert ("configuration error: GATEWAY_SESSION_SECRET is required when GATEWAY_BFF is on (at least 32 characters)"
             in done.stderr)
+
+
+def test_a_gunicorn_worker_counts_from_its_real_thread_count(monkeypatch):
+    """gateway/gunicorn_conf.py's post_fork tells each worker its thread count as gunicorn resolved it (`--threads 4`
+    on its command line, a config file, GATEWAY_THREADS) before the worker builds the app."""
+    import gateway.config
+
+    assert load_settings(environ={**BASE, "GATEWAY_THREADS": "8"}).threads == 8
+    monkeypatch.setattr(gateway.config, "worker_threads", 4)
+    assert load_settings(environ={**BASE, "GATEWAY_THREADS": "8"}).threads == 4
+    assert create_app(mock_config(GATEWAY_THREADS="8")).extensions["keycloak"].turns.in_line_per_process == 3
+
+
+GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+WITHOUT_SETTINGS = ("edm-gateway: gunicorn runs without the gateway's settings (metrics would be counted per worker, "
+                    "timeouts would be gunicorn's defaults): start it with gunicorn -c python:gateway.gunicorn_conf")
+WITH_PRELOAD = ("edm-gateway: --preload is not supported (each worker builds its own app, once gunicorn told it its "
+                "thread count): start it with gunicorn -c python:gateway.gunicorn_conf, without --preload")
+
+
+def run_gunicorn_watched(args, cwd):
+    """Run gunicorn in `cwd` until it exits (30 s at most), asking /healthz all along: (exit status, its output, how
+    many of the questions it answered)."""
+    port = free_port()
+    process = subprocess.Popen([GUNICORN, "--bind", f"127.0.0.1:{port}", *args], cwd=cwd,
+                               env={"PATH": "/usr/bin:/bin", "KEYCLOAK_CLIENT_SECRET": "x"},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    answered, deadline = 0, time.monotonic() + 30
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            answered += requests.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5).ok
+        except requests.RequestException:
+            time.sleep(0.05)
+    if process.poll() is None:
+        process.kill()
+    output = process.communicate(timeout=10)[0]
+    LOGGED.extend(output.splitlines())
+    return process.returncode, output, answered
+
+
+@pytest.mark.parametrize("args, line", [
+    (["gateway:create_app()"], WITHOUT_SETTINGS),
+    (["-c", "own.conf.py", "gateway:create_app()"], WITHOUT_SETTINGS),
+    (["-c", "python:gateway.gunicorn_conf", "--preload", "--workers", "1"], WITH_PRELOAD),
+], ids=["bare", "a-config-of-its-own", "preload"])
+def test_outside_the_checkout_a_gunicorn_without_the_gateways_settings_refuses_to_start(tmp_path, args, line):
+    (tmp_path / "own.conf.py").write_text("workers = 1\ntimeout = 30\n")
+    status, output, answered = run_gunicorn_watched(args, tmp_path)
+    assert (status, answered) == (4, 0)  # gunicorn's "App failed to load.", and no request was ever served
+    assert [text for text in output.splitlines() if text.startswith("edm-gateway:")] == [line]
+    assert "Traceback" not in output
+
+
+def test_with_several_workers_each_refuses_and_none_serves(tmp_path):
+    status, output, answered = run_gunicorn_watched(["--workers", "3", "gateway:create_app()"], tmp_path)
+    # (gunicorn itself may then print a trace of its own while it stops: it meets a second worker that failed)
+    assert (status != 0, answered) == (True, 0)
+    assert {text for text in output.splitlines() if text.startswith("edm-gateway:")} == {WITHOUT_SETTINGS}
+
+
+def test_outside_the_checkout_the_packaged_settings_are_in_force(tmp_path):
+    def resolved(*args):
+        done = subprocess.run([GUNICORN, "--print-config", "-c", "python:gateway.gunicorn_conf", *args],
+                              cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "KEYCLOAK_CLIENT_SECRET": "x"},
+                              capture_output=True, text=True, timeout=30, check=True)
+        return dict(re.findall(r"^(\w+) += (.*)$", done.stdout, re.MULTILINE))
+
+    settings = resolved()
+    assert {name: settings[name] for name in ("worker_class", "workers", "threads", "timeout", "post_fork",
+                                              "child_exit", "wsgi_app")} == {
+        "worker_class": "gthread", "workers": "2", "threads": "8", "timeout": "40", "post_fork": "<post_fork()>",
+        "child_exit": "<child_exit()>", "wsgi_app": "gateway:create_app()"}
+    assert resolved("--threads", "4")["threads"] == "4"
+
+
+def test_outside_the_checkout_the_metrics_are_summed_over_the_workers(tmp_path):
+    server = Gunicorn({"KEYCLOAK_CLIENT_SECRET": "x", "GATEWAY_WORKERS": "2"}, cwd=tmp_path).wait_ready()
+    try:
+        answers = []
+        for _ in range(200):  # each on a new connection, until both workers answered some
+            assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+            answers = [entry["pid"] for entry in map(json.loads, re.findall(r"^\{.*\}$", server.log(), re.M))
+                       if entry.get("path") == "/healthz"]
+            if len(set(answers)) == 2:
+                break
+        assert len(set(answers)) == 2
+        counts = [float(re.search(r'^edm_gateway_request_duration_seconds_count\{endpoint="ops_healthz",'
+                                  r'method="GET",status="200"\} (\S+)$',
+                                  requests.get(server.url + "/metrics", timeout=10).text, re.M).group(1))
+                  for _ in range(4)]
+        assert counts == [len(answers)] * 4  # wait_ready()'s question included
+    finally:
+        server.stop()
+
+
+def test_flask_run_outside_the_checkout_still_serves(tmp_path):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "gateway:create_app", "run", "--port",
+                                str(port)], cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "KEYCLOAK_CLIENT_SECRET": "x"},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, answer = time.monotonic() + 30, None
+        while answer is None and process.poll() is None and time.monotonic() < deadline:
+            try:
+                answer = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        assert answer is not None and answer.status_code == 200
+    finally:
+        process.terminate()
+        LOGGED.extend(process.communicate(timeout=10)[0].splitlines())

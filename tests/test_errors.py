@@ -21,6 +21,7 @@ GATEWAY_ERRORS = [
     (errors.InvalidRefreshToken, 401, "code=401, message=refresh token is invalid or expired"),
     (errors.ExpiredRefreshToken, 401, "code=401, message=refresh token is invalid or expired"),
     (errors.WrongTokenType, 401, "code=401, message=refresh token is invalid or expired"),
+    (errors.RefreshReused, 401, "code=401, message=refresh token is invalid or expired"),
     (errors.MissingAccessToken, 401, "code=401, message=missing access token"),
     (errors.InvalidAccessToken, 401, "code=401, message=access token is invalid or expired"),
     (errors.ExpiredAccessToken, 401, "code=401, message=access token is invalid or expired"),
@@ -41,6 +42,9 @@ GATEWAY_ERRORS = [
     (errors.InvalidSessionId, 400, "code=400, message=invalid session id"),
     (errors.UnknownUpstream, 404, "code=404, message=unknown upstream"),
     (errors.InvalidUpstreamPath, 400, "code=400, message=invalid upstream path"),
+    # session integrity (the back-channel logout renders its own refusal, tests/test_backchannel.py)
+    (errors.InvalidLogoutToken, 400, "code=400, message=invalid logout token"),
+    (errors.SessionNotFound, 404, "code=404, message=session not found"),
     (errors.ApiUpstreamError, 500, "code=500, message=internal server error"),
     (errors.ApiUnavailable, 503, "code=503, message=upstream service unavailable"),
     (errors.ApiTimeout, 504, "code=504, message=upstream service timed out"),

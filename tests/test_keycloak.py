@@ -1,5 +1,7 @@
 """How Keycloak's answers become the gateway's: the mapping table, against a mocked token endpoint."""
 
+import time
+
 import pytest
 import requests
 import responses
@@ -170,6 +172,18 @@ def test_refresh_success(client, upstream, signer):
     assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
     assert list(response.json.items()) == [("status", 200), ("message", "u-1"), ("accessToken", access),
                                            ("refreshToken", "r-new"), ("expiresIn", 300)]
+
+
+def test_expires_in_is_the_access_tokens_own_lifetime(client, upstream, signer):
+    """Keycloak counts `expires_in` down on its own clock as it answers: a refresh that crosses a second says 299
+    for a token that lives 300 s. `expiresIn` is what the token itself says, `exp - iat`."""
+    issued = int(time.time()) - 1
+    access = signer.token(sub="u-1", iat=issued, exp=issued + 300)
+    upstream.post(TOKEN, match=[matchers.urlencoded_params_matcher(REFRESH_SENT)],
+                  json={"access_token": access, "refresh_token": "r-new", "expires_in": 299})
+    upstream.get(CERTS, json=signer.jwks)
+    response = client.post("/api/refresh", json={"refreshToken": "r-old"})
+    assert (response.status_code, response.json["expiresIn"]) == (200, 300)
 
 
 @pytest.mark.parametrize("description, status, body", [

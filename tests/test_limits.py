@@ -215,3 +215,38 @@ def test_the_host_storage_sweeps_once_a_second_not_every_10_ms(keycloak):
     assert type(storage) is HostMemoryStorage
     assert [edm_login(client).status_code for _ in range(4)] == [400, 400, 400, 429]
     assert storage.timer.is_alive() and storage.timer.interval == 1.0
+
+
+def bff_limited_app(tmp_path, limit):
+    return create_app(mock_config(GATEWAY_BFF="true", GATEWAY_SESSION_SECRET="s" * 32, TMPDIR=str(tmp_path),
+                                  GATEWAY_LIMIT_PER_ADDRESS=limit, GATEWAY_LIMIT_PER_USERNAME="off"))
+
+
+def login_start(client, method="GET", address="10.0.0.1"):
+    return client.open("/bff/login?returnUrl=/orders", method=method, environ_base={"REMOTE_ADDR": address})
+
+
+def test_login_starts_count_per_address_and_a_refused_one_sets_no_cookie(tmp_path, keycloak):
+    client = bff_limited_app(tmp_path, "3/minute").test_client()
+    started = [login_start(client), login_start(client, "HEAD"), login_start(client)]
+    assert [(a.status_code, "__Host-edm-login=" in a.headers.get("Set-Cookie", "")) for a in started] == [
+        (302, True)] * 3
+    for method in ("GET", "HEAD"):
+        refused = login_start(client, method)
+        assert (refused.status_code, refused.headers.get("Set-Cookie"), refused.headers["Cache-Control"]) == (
+            429, None, "no-store")
+        assert 55 <= int(refused.headers["Retry-After"]) <= 60  # the first start leaves the 1-minute window then
+    assert login_start(client).json == EDM_429
+    assert login_start(client, address="10.0.0.2").status_code == 302  # another address goes on
+    # A count of its own: the password logins of the same address are not held back by the login starts.
+    assert edm_login(client).json == "code=403, message=account disabled"
+    assert grants(keycloak) == 1
+
+
+def test_of_all_the_gets_only_login_starts_are_limited(tmp_path, keycloak):
+    client = bff_limited_app(tmp_path, "1/minute").test_client()
+    assert login_start(client).status_code == 302
+    assert login_start(client).status_code == 429
+    assert client.options("/bff/login").status_code != 429  # a preflight stores nothing
+    for path in ("/healthz", "/bff/callback", "/nowhere"):
+        assert {client.get(path).status_code for _ in range(3)} != {429}, path

@@ -92,3 +92,56 @@ def test_metrics_and_ops_are_not_attempts(gateway):
     for path in ("/metrics", "/healthz", "/openapi.json", "/readyz", "/metrics"):
         assert requests.get(gateway.url + path, timeout=10).status_code == 200
     assert series(requests.get(gateway.url + "/metrics", timeout=10).text, "edm_gateway_attempts_total") == {}
+
+
+NO_ACCOUNT = (401, {"detail": "No active account found with the given credentials"})
+INVALID = (400, "code=400, message=invalid username or password")
+KEYCLOAK_SAID = "password grant: HTTP 400 invalid_grant: "
+
+
+@pytest.fixture(params=["account state shown", "enumeration-safe mode"])
+def hiding_gateway(request, kc):
+    hide = request.param == "enumeration-safe mode"
+    server = Gunicorn({"KEYCLOAK_URL": LIVE_URL, "KEYCLOAK_CLIENT_SECRET": DEV_SECRET, "GATEWAY_WORKERS": "2",
+                       "GATEWAY_THREADS": "4", "GATEWAY_LIMIT_PER_USERNAME": "off",
+                       "GATEWAY_HIDE_ACCOUNT_STATE": str(hide).lower()}).wait_ready()
+    server.hide = hide
+    yield server
+    server.stop()
+
+
+def test_a_metric_never_tells_more_than_the_answer(hiding_gateway, kc):
+    """/users/login/ answers every credential and account-state failure alike, and so does /api/login in
+    enumeration-safe mode: /metrics counts what they answered, and only the audit line's reason tells the truth."""
+    known, locked = kc.create_user(), kc.create_user()
+    disabled, unfinished = kc.create_user(enabled=False), kc.create_user(actions=["UPDATE_PASSWORD"])
+    kc.lock(locked)
+    cases = {  # request id: (username, password, the reason the audit line keeps)
+        "unknown": ("nosuch" + known.username, "password123", "Invalid user credentials"),
+        "wrong": (known.username, "not-the-password", "Invalid user credentials"),
+        "locked": (locked.username, locked.password, "Invalid user credentials"),
+        "disabled": (disabled.username, disabled.password, "Account disabled"),
+        "unfinished": (unfinished.username, unfinished.password, "Account is not fully set up"),
+    }
+    paths = {"users": "/users/login/", **({"api": "/api/login"} if hiding_gateway.hide else {})}
+    for prefix, path in paths.items():
+        for case, (username, password, _) in cases.items():
+            answer = requests.post(hiding_gateway.url + path, json={"username": username, "password": password},
+                                   headers={"X-Request-ID": f"{prefix}-{case}"}, timeout=30)
+            assert (answer.status_code, answer.json()) == (NO_ACCOUNT if prefix == "users" else INVALID), case
+        ok = requests.post(hiding_gateway.url + path, json={"username": known.username, "password": known.password},
+                           timeout=30)
+        assert ok.status_code == 200
+    text = requests.get(hiding_gateway.url + "/metrics", timeout=10).text
+    log = [json.loads(line) for line in hiding_gateway.stop().splitlines() if line.startswith("{")]
+
+    endpoints = {"users": "simplejwt_login", "api": "api_login"}
+    assert series(text, "edm_gateway_attempts_total") == {
+        (("endpoint", endpoints[prefix]), ("outcome", outcome)): count
+        for prefix in paths for outcome, count in (("invalid_credentials", 5.0), ("success", 1.0))}
+    audit = {entry["request_id"]: entry for entry in log if entry["logger"] == "gateway.audit"}
+    for prefix in paths:
+        for case, (username, _, reason) in cases.items():
+            entry = audit[f"{prefix}-{case}"]
+            assert (entry["username"], entry["outcome"], entry["reason"]) == (
+                username, "invalid_credentials", KEYCLOAK_SAID + reason), (prefix, case)

@@ -45,7 +45,10 @@ def test_login_refresh_refresh_logout_refresh_logout(live_client, user):
     first = live_client.post("/api/refresh", json={"refreshToken": tokens["refreshToken"]})
     assert first.status_code == 200 and first.headers["Cache-Control"] == "no-store"
     assert list(first.json) == ["status", "message", "accessToken", "refreshToken", "expiresIn"]
+    # expiresIn is the access token's own lifetime (exp - iat), the realm's 300 s, whichever second Keycloak answers in
     assert (first.json["status"], first.json["message"], first.json["expiresIn"]) == (200, user.id, 300)
+    claims = json.loads(base64.urlsafe_b64decode(first.json["accessToken"].split(".")[1] + "=="))
+    assert claims["exp"] - claims["iat"] == 300
     assert first.json["accessToken"] != tokens["accessToken"]
     second = live_client.post("/api/refresh", data={"refreshToken": first.json["refreshToken"]})
     assert (second.status_code, second.json["message"]) == (200, user.id)

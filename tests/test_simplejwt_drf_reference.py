@@ -113,9 +113,9 @@ def test_success_has_the_same_keys_in_the_same_order(live_client, kc):
     refreshed = live_client.post("/users/refresh/", data={"refresh": ours.json["refresh"]})
     assert (refreshed.status_code, list(refreshed.json)) == (
         refreshed_reference.status_code, list(refreshed_reference.json())) == (200, ["access", "refresh"])
-    for token in ("access", "refresh"):
-        assert live_client.post("/users/verify/", json={"token": ours.json[token]}).json == {} == (
-            drf_reference.client().post("/users/verify/", {"token": reference.json()[token]}).json())
+    for token in ("access", "refresh"):  # the rotated pair (the login's refresh token is spent)
+        assert live_client.post("/users/verify/", json={"token": refreshed.json[token]}).json == {} == (
+            drf_reference.client().post("/users/verify/", {"token": refreshed_reference.json()[token]}).json())
 
 
 def test_access_token_where_a_refresh_token_belongs(live_client, kc):

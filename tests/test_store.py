@@ -182,7 +182,7 @@ def test_the_host_store_is_private_to_its_user(tmp_path):
 def test_the_host_store_comes_back_when_its_file_is_removed(tmp_path):
     store = HostStore(str(tmp_path / "s"))
     store.put("k", b"v", 10)
-    os.remove(tmp_path / "s" / HostStore.FILE)
+    os.remove(tmp_path / "s" / HostStore.FILE)  # its write-ahead log left behind, as a careless cleaner would
     assert store.get("k") is None  # the same thread, too, opens the file anew
     store.put("k", b"again", 10)
     assert HostStore(str(tmp_path / "s")).get("k") == b"again"  # written where the other processes read

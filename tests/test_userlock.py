@@ -119,10 +119,9 @@ def test_a_username_chosen_to_collide_with_the_victims_does_not_hold_the_victims
     attacker = next(f"x{i}" for i in range(100000) if _old_stripe(f"x{i}") == _old_stripe(victim))
     turns = UsernameTurns(str(tmp_path), timeout=0.5)
     with turns.hold(attacker):
-        started = time.monotonic()
+        # On the attacker's lock file the victim would wait out the timeout and get LoginQueueTimeout: it gets in.
         with turns.hold(victim):
-            waited = time.monotonic() - started
-    assert waited < 0.25  # not the 0.5 s timeout: the attacker's name is not on the victim's lock file
+            pass
 
 
 def test_different_usernames_do_not_wait_for_each_other(tmp_path):

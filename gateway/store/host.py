@@ -2,6 +2,7 @@
 directory. Each thread has its own connection, opened on first use (so none crosses gunicorn's fork); expired
 entries are swept now and then."""
 
+import fcntl
 import os
 import secrets
 import sqlite3
@@ -50,13 +51,29 @@ class HostStore:
             if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
                 raise ConfigError(f"state directory {self.directory} (under XDG_RUNTIME_DIR or TMPDIR) must be a "
                                   "directory of this user, mode 0700")
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+            self._create_file()
             db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable enough for this state, no fsync per write
             for statement in _SCHEMA:
                 db.execute(statement)
             return db
+
+    def _create_file(self):
+        """The database file, made if it is missing, one process at a time. A new file never meets the write-ahead
+        log of a removed one: SQLite would replay that log into it and find the file malformed."""
+        lock = os.open(os.path.join(self.directory, "create.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not os.path.exists(self.path):
+                for leftover in (self.path + "-wal", self.path + "-shm"):
+                    try:
+                        os.unlink(leftover)
+                    except FileNotFoundError:
+                        pass
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+        finally:
+            os.close(lock)
 
     @contextmanager
     def _translated(self, operation):

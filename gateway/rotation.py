@@ -1,0 +1,83 @@
+"""Refresh-token rotation, safe for tabs that refresh at once: each refresh token is used with Keycloak once.
+
+The realm rotates refresh tokens (`revokeRefreshToken`, `refreshTokenMaxReuse: 0`): a refresh answers a new refresh
+token, and a second use of the old one is a reuse, on which Keycloak ends the whole session. Tabs of one portal
+that refresh with the same token at the same moment would log their user out; so the first refresh of a token
+takes the token's mark in the store, makes the one refresh grant, and keeps its answer, sealed under a key only the
+gateways hold and filed under an HMAC of the old token, for GATEWAY_REFRESH_GRACE_SECONDS. The same old token
+presented within that window, on any gateway of the store, gets the same new tokens (those that come while the
+grant is in flight wait for it); never once its session has ended. After the window the mark still says the token
+was spent: a reuse (a stolen token, or a tab very late), answered 401, its session ended at once on every gateway
+(`gateway/revocations.py`) and at Keycloak (the reused token is shown to Keycloak, which ends the session on reuse).
+
+Keys: `rotation:` (the mark: in flight, then spent, until the old token can no longer be valid) and `grace:` (the
+sealed answer, for the grace only), both HMACs of the old token.
+"""
+
+import json
+import time
+from dataclasses import asdict
+
+from gateway.errors import GatewayError, InvalidRefreshToken, RefreshReused, UpstreamTimeout
+from gateway.sealing import Sealer
+
+IN_FLIGHT = b"in flight"
+SPENT_FALLBACK = 1800  # seconds a spent mark is kept when Keycloak did not say how long the session may idle
+
+
+class Rotation:
+    """One refresh grant per refresh token, across every gateway that shares `store`."""
+
+    def __init__(self, store, secret, grace_seconds, timeout, ended, clock=time.time):
+        self.store = store
+        self.sealer = Sealer(secret, "refresh grace")
+        self.grace = grace_seconds
+        self.timeout = timeout  # KEYCLOAK_TIMEOUT: how long the grant may take
+        self.ended = ended
+        self.clock = clock
+
+    def refresh(self, refresh_token, grant, tokens_of):
+        """The new tokens for `refresh_token`: from `grant(refresh_token)` the first time, from the kept answer
+        within the grace (`tokens_of(fields)` makes Tokens of it again); RefreshReused after it."""
+        mark, grace = self.sealer.key("rotation", refresh_token), self.sealer.key("grace", refresh_token)
+        in_flight_seconds = 2 * self.timeout + 1
+        deadline = time.monotonic() + in_flight_seconds + self.timeout
+        pause = 0.005
+        while True:
+            if self.store.put_new(mark, IN_FLIGHT, in_flight_seconds):
+                return self._first(refresh_token, grant, mark, grace)
+            state = self.store.get(mark)
+            if state is not None and state != IN_FLIGHT:
+                return self._again(refresh_token, grant, state, grace, tokens_of)
+            if time.monotonic() > deadline:
+                raise UpstreamTimeout("waited too long for another request's refresh of the same token")
+            time.sleep(pause)  # another request's grant is in flight: its answer is everyone's
+            pause = min(2 * pause, 0.05)
+
+    def _first(self, refresh_token, grant, mark, grace):
+        try:
+            tokens = grant(refresh_token)
+        except GatewayError:
+            self.store.delete(mark)  # refused or failed: whoever comes next asks Keycloak again
+            raise
+        record = asdict(tokens)
+        self.store.put(grace, self.sealer.seal(grace, record), self.grace)
+        spent = json.dumps({"sid": tokens.claims.get("sid"), "at": self.clock()}).encode()
+        self.store.put(mark, spent, tokens.refresh_expires_in or SPENT_FALLBACK)
+        return tokens
+
+    def _again(self, refresh_token, grant, state, grace, tokens_of):
+        spent = json.loads(state)
+        record = self.sealer.open(grace, self.store.get(grace))
+        if record is not None and not self.ended.ended(record["claims"]):
+            return tokens_of(record)
+        if record is not None:
+            raise InvalidRefreshToken("the refresh token's session has ended")
+        sid = spent.get("sid")
+        if isinstance(sid, str) and sid:
+            self.ended.end_sid(sid, "a refresh token used again after the grace")
+        try:
+            grant(refresh_token)  # Keycloak ends the session on a reuse: let it see this one
+        except GatewayError:
+            pass
+        raise RefreshReused(f"a refresh token spent {self.clock() - spent.get('at', 0):.0f} s ago used again")
