@@ -5,9 +5,9 @@ BENCH_ARGS ?=
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install prerequisites keycloak keycloak-stop keycloak-reset redis redis-stop run test bench profile topology topology-stop
+.PHONY: install prerequisites keycloak keycloak-stop keycloak-reset redis redis-stop run test lint floors bench profile topology topology-stop
 
-$(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e .
@@ -56,6 +56,14 @@ run: install
 ## test: the whole suite against the real Keycloak and a Redis (started for the run, stopped after if they were not running)
 test: install
 	@scripts/test.sh
+
+## lint: ruff, as make test runs it first
+lint: install
+	@.venv/bin/ruff check .
+
+## floors: the offline suite on the lowest dependency releases pyproject.toml allows (make test runs it last)
+floors: install
+	@scripts/floors.sh
 
 ## bench: the gateway beside direct Keycloak and its reference apps, with wrk and at a constant rate (about 20 min; BENCH_ARGS="--quick" for a smoke run, "--rotation" for a realm with refresh-token rotation)
 bench: install

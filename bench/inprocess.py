@@ -162,7 +162,8 @@ def micro(args):
         from gateway.limits import HostMemoryStorage
 
         limiter, limit = MovingWindowRateLimiter(HostMemoryStorage()), parse("100/minute")
-        return lambda n: 200 if limiter.hit(limit, "edm-gateway", f"10.0.{n // 256 % 16}.{n % 256}", "api.login") else 429
+        return lambda n: (200 if limiter.hit(limit, "edm-gateway", f"10.0.{n // 256 % 16}.{n % 256}", "api.login")
+                          else 429)
     url = f"{args.keycloak_url.rstrip('/')}/realms/{args.realm}/protocol/openid-connect/token"
     # A refresh grant Keycloak refuses at once (400 invalid_grant): the client's cost of one token-endpoint call.
     form = {"grant_type": "refresh_token", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
@@ -187,7 +188,7 @@ def micro(args):
             request.headers = CaseInsensitiveDict({"Accept": "application/json", "Content-Length": str(len(body)),
                                                    "Content-Type": "application/x-www-form-urlencoded"})
             answer = adapter.send(request, timeout=5)
-            answer.content
+            _ = answer.content  # the body read, as the gateway reads it
             return answer.status_code
         return send
     import urllib3

@@ -149,7 +149,8 @@ def pyspy_phase(app, kind, realm, users, connections, seconds, results, token_pa
     before = procs.cpu_seconds([worker])
     loader.start()
     time.sleep(1)
-    subprocess.run([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker), "--gil", "--nonblocking", "--rate", "250",
+    subprocess.run([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker), "--gil",
+                    "--nonblocking", "--rate", "250",
                     "--format", "raw", "--full-filenames", "--duration", str(seconds - 2), "--output", str(raw)],
                    check=True, capture_output=True)
     loader.join()

@@ -25,7 +25,8 @@ from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench import measure, openloop, phases, procs, realm as realms, report, servers, wrk
+from bench import measure, openloop, phases, procs, report, servers, wrk
+from bench import realm as realms
 from bench.realm import CLIENT_SECRET, Realm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +48,8 @@ def options(argv):
                              "rotation on (revokeRefreshToken, refreshTokenMaxReuse 0), deleted at the end")
     parser.add_argument("--master-admin", default=None, metavar="USER:PASSWORD",
                         help="the master realm's administrator that makes and deletes that realm (default: "
-                             "KC_BOOTSTRAP_ADMIN_USERNAME / _PASSWORD, else admin:admin, as scripts/keycloak.sh starts it)")
+                             "KC_BOOTSTRAP_ADMIN_USERNAME / _PASSWORD, else admin:admin, as scripts/keycloak.sh "
+                             "starts it)")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results",
                         help="where the JSON and the PNG go (default bench/results/)")
     args = parser.parse_args(argv)

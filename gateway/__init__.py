@@ -4,6 +4,20 @@ Importing the package imports nothing else: gunicorn's settings must set up the 
 prometheus_client is first imported (`gateway/gunicorn_conf.py`).
 """
 
+import functools
+
+
+@functools.cache
+def version():
+    """The gateway's version, from the installed package's metadata: pyproject.toml is the one place it is written."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("edm-gateway")
+    except PackageNotFoundError:  # a checkout put on sys.path without being installed
+        return "0+unknown"
+
 
 def create_app(test_config=None):
     """Build the app: defaults, then the environment, then `test_config` (keyed by variable name)."""

@@ -168,7 +168,7 @@ def _upstream(operation, refusals=None):
         error = _refused(operation, exc.response_code, exc.response_body, refusals)
         result = "error" if isinstance(error, UpstreamError) else "refused"
         raise error from exc
-    except Exception as exc:  # noqa: BLE001 - e.g. python-keycloak's TypeError for a body of the wrong JSON type
+    except Exception as exc:  # e.g. python-keycloak's TypeError for a body of the wrong JSON type
         log.warning("%s: unusable answer", operation, exc_info=True)
         raise UpstreamBadResponse(f"{operation}: {type(exc).__name__}: {exc}") from exc
     finally:
@@ -212,7 +212,7 @@ class Keycloak:
         self._local = threading.local()
         try:
             self._admin()  # built now: a bad CA bundle or URL, or a python-keycloak that changed, stops the start
-        except Exception as exc:  # noqa: BLE001 - any failure here is a start-up failure, named
+        except Exception as exc:  # any failure here is a start-up failure, named
             raise ConfigError(f"cannot build the Keycloak client: {type(exc).__name__}: {exc}") from exc
         self.keys = RealmKeys(self._fetch_jwks, max_age=settings.keys_max_age)
         self.tokens = AccessTokens(settings, self.keys, ended=ended)
@@ -237,8 +237,10 @@ class Keycloak:
                 {"Accept": "application/json"})
         else:
             request.method, request.body = "POST", urlencode(form)  # ASCII (percent-encoded), as requests sends it
-            request.headers = CaseInsensitiveDict({"Accept": "application/json", "Content-Length": str(len(request.body)),
+            request.headers = CaseInsensitiveDict({"Accept": "application/json",
+                                                   "Content-Length": str(len(request.body)),
                                                    "Content-Type": "application/x-www-form-urlencoded"})
+        request.headers.update(observe.trace_headers())
         with _upstream(operation, refusals):
             response = self._adapter.send(request, **self._send_options)
             content = response.content
@@ -298,6 +300,13 @@ class Keycloak:
 
     def _credential_failure(self, username, reason):
         admin = self._admin()
+        trace = observe.trace_headers()  # on this thread's own connections, its service-account token's renewal too
+        for connection in (admin.connection, admin.connection.keycloak_openid.connection):
+            for header in ("traceparent", "tracestate"):
+                if header in trace:
+                    connection.add_param_headers(header, trace[header])
+                else:
+                    connection.del_param_headers(header)
         query = {"username": username, "exact": "true", "briefRepresentation": "true", "first": 0, "max": 1}
         with _upstream("user look-up"):
             users = admin.get_users(query)

@@ -11,6 +11,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields, validate
 
 from gateway import errors as e
+from gateway import version
 from gateway.schemas import (
     DrfCharField,
     LoginSchema,
@@ -20,7 +21,6 @@ from gateway.schemas import (
     TokenVerifySchema,
 )
 
-VERSION = "0.2.0"
 BODY_TYPES = ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
 
 
@@ -358,7 +358,7 @@ def build_document(settings):
     """The document for an app with these settings (only the profiles it serves), as a dict."""
     plugin = MarshmallowPlugin()
     spec = APISpec(
-        title="EDM auth gateway", version=VERSION, openapi_version="3.1.0", plugins=[plugin],
+        title="EDM auth gateway", version=version(), openapi_version="3.1.0", plugins=[plugin],
         info={"description": "A Backend-for-Frontend in front of the Keycloak realm `edm`. Every EDM error is a "
                              "JSON string such as `\"code=404, message=username not found\"`; on POST /api/login "
                              "every failure caused by the request answers HTTP 400 with the meaning in `code`."},

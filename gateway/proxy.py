@@ -4,8 +4,8 @@ GATEWAY_BFF_UPSTREAMS names `<name>`, and to nothing else, with the session's ac
 What is forwarded: the method, the path and query as the browser sent them (checked first: no `..` or `.`
 segment, also not before a `;`, encoded or in another spelling, no encoded slash or backslash, no empty segment, so
 nothing can climb out of the upstream's base path or read as another host), the body, and the content headers
-listed in FORWARDED_REQUEST_HEADERS; then `Authorization: Bearer <access token>` and the request's `X-Request-ID`.
-Never the browser's cookies, its `X-CSRF` header or its own `Authorization`.
+listed in FORWARDED_REQUEST_HEADERS; then `Authorization: Bearer <access token>`, the request's `X-Request-ID` and
+the trace (`traceparent`). Never the browser's cookies, its `X-CSRF` header or its own `Authorization`.
 
 What comes back: the status, the headers but hop-by-hop ones, `Set-Cookie` (an upstream does not set cookies on
 the gateway's origin) and CORS headers (the gateway's business), and the body, streamed as it arrives. An upstream
@@ -41,7 +41,7 @@ from flask import Response, current_app, g, request
 from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, ProxyError, SSLError
 from urllib3.exceptions import TimeoutError as UpstreamTimedOut
 
-from gateway import metrics
+from gateway import metrics, observe
 from gateway.errors import (
     ApiBadResponse,
     ApiTimeout,
@@ -154,7 +154,8 @@ def _translated(name):
     except ProtocolError as exc:
         cause = exc.args[1] if len(exc.args) > 1 else None
         if isinstance(cause, http.client.HTTPException) and not isinstance(cause, ConnectionError):
-            raise ApiBadResponse(f"upstream {name}: not HTTP: {type(cause).__name__}") from exc  # e.g. a bad status line
+            # e.g. a bad status line
+            raise ApiBadResponse(f"upstream {name}: not HTTP: {type(cause).__name__}") from exc
         raise ApiUnavailable(f"upstream {name}: {type(exc).__name__}: {exc}") from exc  # reset, or closed unanswered
     except (SSLError, ProxyError) as exc:  # TLS handshake
         raise ApiUnavailable(f"upstream {name}: {type(exc).__name__}: {exc}") from exc
@@ -246,6 +247,7 @@ class Upstreams:
         headers = {header: request.headers[header] for header in FORWARDED_REQUEST_HEADERS if header in request.headers}
         headers["Authorization"] = f"Bearer {access_token}"
         headers["X-Request-ID"] = g.request_id
+        headers.update(observe.trace_headers())
         body = request.get_data(cache=False)  # bounded by GATEWAY_MAX_BODY_BYTES, however framed (413 beyond)
         if request.method in BODILESS_METHODS or (not body and request.method in UNDEFINED_BODY_METHODS):
             body = None

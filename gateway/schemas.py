@@ -10,8 +10,8 @@ from flask import g, request
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from gateway.errors import (
-    GatewayError,
     FieldErrors,
+    GatewayError,
     InvalidAccessToken,
     MalformedBody,
     MissingAccessToken,

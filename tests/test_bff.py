@@ -65,8 +65,8 @@ class MockRealm:
         body = {"access_token": access, "expires_in": self.expires_in, "refresh_expires_in": 1800,
                 "refresh_token": f"refresh-token-{self.count}", "token_type": "Bearer", "scope": "openid"}
         if nonce is not None:
-            claims = {"typ": "ID", "aud": "edmportal", "nonce": nonce, "at_hash": at_hash(access), "sid": "kc-session-1",
-                      "sub": sub, **self.id_claims}
+            claims = {"typ": "ID", "aud": "edmportal", "nonce": nonce, "at_hash": at_hash(access),
+                      "sid": "kc-session-1", "sub": sub, **self.id_claims}
             body["id_token"] = self.signer.token(**claims)
         return body
 
@@ -347,7 +347,8 @@ def test_anonymous_login_starts_store_nothing(client, app):
 def test_logout_of_a_session_keycloak_ended_already_succeeds(client, realm, signer):
     log_in(client, realm)
     with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
-        mock.post(f"{REALM}/logout", status=400, json={"error": "invalid_grant", "error_description": "Token is not active"})
+        mock.post(f"{REALM}/logout", status=400,
+                  json={"error": "invalid_grant", "error_description": "Token is not active"})
         answer = client.post("/bff/logout?sid=kc-session-1", headers=CSRF)
     assert answer.status_code == 200
 

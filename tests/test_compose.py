@@ -487,7 +487,7 @@ def test_dockerignore_keeps_out_the_noise_but_not_what_the_image_copies(dockerfi
         assert any(fnmatch.fnmatch(kept_out, p.removeprefix("**/")) for p in patterns), kept_out
     sources = [part.rstrip("/") for value in instructions(dockerfile.structure, "COPY")
                if not value.startswith("--from") for part in value.split()[:-1]]
-    assert "README.md" in sources  # setup.cfg reads it as the long description
+    assert "README.md" in sources  # pyproject.toml reads it as the long description
     for source in sources:
         assert (ROOT / source).exists(), source
         excluded = [p for p in patterns if fnmatch.fnmatch(source, p.removeprefix("**/"))]

@@ -40,7 +40,8 @@ EDM_ANSWERS = {
 }
 TOO_MANY = (429, EDM.format(429, "too many login attempts"))
 DRF_FIELDS = {"/users/login/": ("username", "password"), "/users/refresh/": ("refresh",), "/users/verify/": ("token",)}
-EDM_FIELDS = {"/api/login": ("username", "password"), "/api/refresh": ("refreshToken",), "/api/logout": ("refreshToken",)}
+EDM_FIELDS = {"/api/login": ("username", "password"), "/api/refresh": ("refreshToken",),
+              "/api/logout": ("refreshToken",)}
 
 
 def fuzzed():

@@ -231,7 +231,8 @@ def test_bff_upstream_failures(call, kc, tmp_path, silent_url):
     start = call("GET", "/bff/login", client=store_down)  # nothing stored yet: the login starts
     state = dict(part.split("=", 1) for part in urlsplit(start.headers["Location"]).query.split("&"))["state"]
     store_down.set_cookie("__Host-edm-session", "a" * 43)
-    for method, path in ((("GET", f"/bff/callback?state={state}&code=c&iss={quote(ISSUER, safe='')}")), ("GET", "/bff/user"),
+    for method, path in ((("GET", f"/bff/callback?state={state}&code=c&iss={quote(ISSUER, safe='')}")),
+                         ("GET", "/bff/user"),
                          ("POST", "/bff/logout?sid=s")):
         assert call(method, path, client=store_down, headers=CSRF).status_code == 503
 

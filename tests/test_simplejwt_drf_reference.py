@@ -61,7 +61,8 @@ CASES = {
                               "application/json; charset=base64"),
     "login: charset zlib": ("POST", "/users/login/", zlib.compress(b'{"username": "a", "password": "b"}'),
                             "application/json; charset=zlib"),
-    "login: charset bz2": ("POST", "/users/login/", bz2.compress(b'{"username": "a" }'), "application/json; charset=bz2"),
+    "login: charset bz2": ("POST", "/users/login/", bz2.compress(b'{"username": "a" }'),
+                           "application/json; charset=bz2"),
     "login: charset hex": ("POST", "/users/login/", b"7b7d", "application/json; charset=hex"),
     "login: charset uu": ("POST", "/users/login/", b"{}", "application/json; charset=uu"),
     "login: charset quopri": ("POST", "/users/login/", b"{}", "application/json; charset=quopri"),
@@ -140,8 +141,8 @@ def test_success_has_the_same_keys_in_the_same_order(live_client, kc):
         200, ["refresh", "access"])
     refreshed_reference = drf_reference.client().post("/users/refresh/", {"refresh": reference.json()["refresh"]})
     refreshed = live_client.post("/users/refresh/", data={"refresh": ours.json["refresh"]})
-    assert (refreshed.status_code, list(refreshed.json)) == (refreshed_reference.status_code,
-                                                             list(refreshed_reference.json())) == (200, ["access", "refresh"])
+    assert (refreshed.status_code, list(refreshed.json)) == (
+        refreshed_reference.status_code, list(refreshed_reference.json())) == (200, ["access", "refresh"])
     for token in ("access", "refresh"):  # the rotated pair (the login's refresh token is spent)
         assert live_client.post("/users/verify/", json={"token": refreshed.json[token]}).json == {} == (
             drf_reference.client().post("/users/verify/", {"token": refreshed_reference.json()[token]}).json())
@@ -150,7 +151,8 @@ def test_success_has_the_same_keys_in_the_same_order(live_client, kc):
 def test_access_token_where_a_refresh_token_belongs(live_client, kc):
     reference_access = drf_reference.client().post("/users/login/", {"username": "ahmadakbar",
                                                                      "password": "password"}).json()["access"]
-    ours_access = live_client.post("/users/login/", json={"username": "ahmadakbar", "password": "password"}).json["access"]
+    ours_access = live_client.post("/users/login/",
+                                   json={"username": "ahmadakbar", "password": "password"}).json["access"]
     reference = drf_answer("POST", "/users/refresh/", *as_json({"refresh": reference_access}))
     ours = gateway_answer(live_client, "POST", "/users/refresh/", *as_json({"refresh": ours_access}))
     assert ours == reference == (401, {"detail": "Token has wrong type", "code": "token_not_valid"},

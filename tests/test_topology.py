@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 import requests
 
+import redis
 from gateway.config import VARIABLES
 from tests.bff import LoopbackBrowser, bff_login
 from tests.compose_env import compose_file, resolve_defaults, service_environment
@@ -40,9 +40,9 @@ from tests.topology_load import (
     MixedLoad,
     TopologyRealm,
     by_status,
+    client_addresses,
     failures,
     session_from,
-    client_addresses,
 )
 
 LOOPBACK = {"127.0.0.1", "localhost"}
@@ -218,12 +218,13 @@ def test_redis_and_sentinels_run_compose_commands_and_the_shared_sentinel_file(s
         assert (server.config_get("save"), server.config_get("appendonly")) == ({"save": ""}, {"appendonly": "no"})
     template = SENTINEL_CONF.read_text().splitlines()
     relocated = stack.plan.sentinel_conf().splitlines()
-    changed = [(a, b) for a, b in zip(template, relocated) if a != b]
+    changed = [(a, b) for a, b in zip(template, relocated, strict=True) if a != b]
     assert len(template) == len(relocated) and [a for a, _ in changed] == ["sentinel monitor edm redis-primary 6379 2"]
     assert changed[0][1] == f"sentinel monitor edm 127.0.0.1 {stack.plan.ports['redis-primary']} 2"
     primary = redis.Redis(port=stack.plan.ports[SENTINELS[0]]).execute_command("SENTINEL", "MASTER", "edm")
     primary = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
-               for k, v in (zip(primary[::2], primary[1::2]) if isinstance(primary, list) else primary.items())}
+               for k, v in (zip(primary[::2], primary[1::2], strict=True) if isinstance(primary, list)
+                            else primary.items())}
     assert (primary["quorum"], primary["down-after-milliseconds"], primary["failover-timeout"],
             primary["num-other-sentinels"], primary["num-slaves"]) == ("2", "5000", "30000", "2", "1")
 
@@ -236,7 +237,7 @@ def test_nginx_loads_nginx_gateway_conf_itself_only_addresses_changed(stack):
     original = NGINX_CONF.read_text().splitlines()
     included = (stack.home / "nginx" / "conf.d" / "default.conf").read_text().splitlines()
     assert "\n".join(included) in loaded.stdout
-    changed = [(a, b) for a, b in zip(original, included) if a != b]
+    changed = [(a, b) for a, b in zip(original, included, strict=True) if a != b]
     assert len(original) == len(included)
     listen = re.compile(r"listen\s+\S+;")
     assert [shape(listen.sub("listen <address>;", a)) for a, _ in changed] == [

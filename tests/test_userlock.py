@@ -161,7 +161,6 @@ def test_after_a_grant_that_timed_out_the_next_turn_waits_for_keycloak_to_be_don
         turns = UsernameTurns(str(tmp_path / "locks"), timeout=2)
     else:
         import redis
-
         from gateway.store.redis import RedisStore
 
         turns = SharedTurns(RedisStore(redis.Redis.from_url(request.getfixturevalue("redis_url"))), timeout=2)

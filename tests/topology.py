@@ -25,9 +25,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis
 import requests
 
+import redis
 from gateway.config import VARIABLES
 from tests.compose_env import compose_file, resolve_defaults, service_environment
 
@@ -610,7 +610,7 @@ class Stack:
         sentinel = redis.Redis(port=self.plan.ports[name], socket_timeout=1)
         service = self.plan.redis_service
         primary = sentinel.execute_command("SENTINEL", "MASTER", service)
-        details = dict(zip(primary[::2], primary[1::2])) if isinstance(primary, list) else primary
+        details = dict(zip(primary[::2], primary[1::2], strict=True)) if isinstance(primary, list) else primary
         known = {k.decode() if isinstance(k, bytes) else k: v for k, v in details.items()}
         return int(known.get("num-slaves", 0)) >= 1 and int(known.get("num-other-sentinels", 0)) >= 2
 

@@ -119,11 +119,11 @@ class MixedLoad:
             if login.status != 200 or not self._running():
                 continue
             refresh_token = login.body["refreshToken"]
-            refreshed = self._record("refresh", lambda: next_session().post(
+            refreshed = self._record("refresh", lambda refresh_token=refresh_token: next_session().post(
                 f"{self.url}/api/refresh", json={"refreshToken": refresh_token}, timeout=30))
             token = refreshed.body["accessToken"] if refreshed.status == 200 else login.body["accessToken"]
             if self._running():
-                self._record("me", lambda: next_session().get(
+                self._record("me", lambda token=token: next_session().get(
                     f"{self.url}/api/me", headers={"Authorization": f"Bearer {token}"}, timeout=30))
 
     def _browser(self, browser):
