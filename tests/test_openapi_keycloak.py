@@ -226,9 +226,12 @@ def test_bff_upstream_failures(call, kc, tmp_path, silent_url):
     planted_session(limited, expires_in=300)
     assert [call("POST", "/bff/logout?sid=other", client=limited, headers=CSRF).status_code for _ in range(2)] == [
         400, 429]
-    store_down = bff_client(tmp_path, GATEWAY_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
-                            GATEWAY_LIMIT_PER_ADDRESS="off")
-    start = call("GET", "/bff/login", client=store_down)  # nothing stored yet: the login starts
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    # the per-address limit counts login starts: with its store down, nobody starts one
+    assert call("GET", "/bff/login", client=bff_client(tmp_path / "down", GATEWAY_REDIS_URL=dead_redis)
+                ).status_code == 503
+    store_down = bff_client(tmp_path, GATEWAY_REDIS_URL=dead_redis, GATEWAY_LIMIT_PER_ADDRESS="off")
+    start = call("GET", "/bff/login", client=store_down)  # without the limit nothing is stored: the login starts
     state = dict(part.split("=", 1) for part in urlsplit(start.headers["Location"]).query.split("&"))["state"]
     store_down.set_cookie("__Host-edm-session", "a" * 43)
     for method, path in ((("GET", f"/bff/callback?state={state}&code=c&iss={quote(ISSUER, safe='')}")),
