@@ -10,7 +10,7 @@ WORKDIR /src
 COPY requirements.txt ./
 # Wheels only: every pin has one for linux amd64 and arm64, so no compiler is ever needed.
 RUN pip install --only-binary=:all: -r requirements.txt
-COPY pyproject.toml setup.cfg README.md ./
+COPY pyproject.toml README.md ./
 COPY gateway/ gateway/
 RUN pip install --no-deps .
 

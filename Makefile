@@ -5,9 +5,9 @@ BENCH_ARGS ?=
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install prerequisites keycloak keycloak-stop keycloak-reset redis redis-stop run test bench
+.PHONY: install prerequisites keycloak keycloak-stop keycloak-reset redis redis-stop run test lint floors bench profile topology topology-stop
 
-$(STAMP): requirements.txt requirements-test.txt setup.cfg pyproject.toml
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e .
@@ -18,7 +18,7 @@ install: prerequisites $(STAMP)
 	@scripts/keycloak.sh fetch
 
 prerequisites:
-	@scripts/prerequisites.sh $(if $(filter test,$(MAKECMDGOALS)),test,$(if $(filter bench,$(MAKECMDGOALS)),bench))
+	@scripts/prerequisites.sh $(if $(filter test topology,$(MAKECMDGOALS)),test,$(if $(filter bench,$(MAKECMDGOALS)),bench,$(if $(filter profile,$(MAKECMDGOALS)),profile)))
 
 ## keycloak: start Keycloak in the background with the edm realm; returns once ready, harmless when running
 keycloak: install
@@ -40,6 +40,15 @@ redis: prerequisites
 redis-stop:
 	@scripts/redis.sh stop
 
+## topology: docker-compose.yml's topology without Docker, in the background (PostgreSQL, Keycloak in production
+## mode, Redis primary + replica + three Sentinels, two gateways, nginx on 127.0.0.1:18011), each start afresh
+topology: install
+	@scripts/topology.sh start
+
+## topology-stop: stop it
+topology-stop:
+	@scripts/topology.sh stop
+
 ## run: Keycloak and Redis plus the gateway under gunicorn on 127.0.0.1:8000 in the foreground; Ctrl-C stops both
 run: install
 	@scripts/run.sh
@@ -48,6 +57,19 @@ run: install
 test: install
 	@scripts/test.sh
 
-## bench: the gateway beside direct Keycloak and its reference apps, with wrk (about 15 min; BENCH_ARGS="--quick" for a smoke run)
+## lint: ruff, as make test runs it first
+lint: install
+	@.venv/bin/ruff check .
+
+## floors: the offline suite on the lowest dependency releases pyproject.toml allows (make test runs it last)
+floors: install
+	@scripts/floors.sh
+
+## bench: the gateway beside direct Keycloak and its reference apps, with wrk and at a constant rate (about 20 min; BENCH_ARGS="--quick" for a smoke run, "--rotation" for a realm with refresh-token rotation)
 bench: install
 	@scripts/bench.sh $(BENCH_ARGS)
+
+## profile: where the gateway's CPU goes per kind of request, py-spy under wrk and callgrind's instruction counts (about 40 min)
+profile: install
+	@$(VENV)/bin/pip install -q --disable-pip-version-check -r bench/requirements-profile.txt
+	@scripts/bench.sh --profile $(BENCH_ARGS)

@@ -1,1 +1,2 @@
-"""The benchmark harness of issue #14: the gateway beside direct Keycloak and its reference apps (`make bench`)."""
+"""The benchmark harness of issues #14 and #21: the gateway beside direct Keycloak and its reference apps
+(`make bench`), and where its CPU goes (`make profile`)."""

@@ -1,11 +1,11 @@
-"""One phase measured: wrk's figures plus what the processes spent meanwhile, read from `/proc` before and
-after the load."""
+"""One phase measured: the load generator's figures (wrk's, or the open-loop generator's) plus what the processes
+spent meanwhile, read from `/proc` before and after the load."""
 
 import resource
 import time
 from dataclasses import dataclass
 
-from bench import procs, wrk
+from bench import procs
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Sample:
 
     @classmethod
     def take(cls, app_pids, keycloak_pid):
-        # wrk is the only child the bench waits for during a phase, so the children's rusage is wrk's.
+        # The load generator is the only child the bench waits for during a phase: the children's rusage is its.
         children, own = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
         keycloak = [keycloak_pid] if keycloak_pid else []
         return cls(time.monotonic(), procs.cpu_seconds(app_pids), procs.cpu_seconds(keycloak),
@@ -37,13 +37,14 @@ def segments_between(before, after):
     return sum(count - before.get(connection, 0) for connection, count in after.items())
 
 
-def phase(url, per_connection, seconds, expect, app, keycloak_pid, keycloak_port):
-    """Load `url` with wrk and return the phase's figures. `app` is the gunicorn app under load, or None when
-    the load goes straight to Keycloak; `keycloak_pid` the JVM's pid, or None when it is not on this host."""
+def phase(load, app, keycloak_pid, keycloak_port):
+    """Run `load` (which returns the generator's report) and return the phase's figures. `app` is the gunicorn
+    app under load, or None when the load goes straight to Keycloak; `keycloak_pid` the JVM's pid, or None when
+    it is not on this host."""
     app_pids = app.pids() if app else []
     sent_before = procs.segments_sent(app_pids, keycloak_port)
     before = Sample.take(app_pids, keycloak_pid)
-    report = wrk.run(url, per_connection, seconds, expect)
+    report = load()
     after = Sample.take(app_pids, keycloak_pid)
     sent_after = procs.segments_sent(app_pids, keycloak_port)
     n = report["requests"]
@@ -55,9 +56,12 @@ def phase(url, per_connection, seconds, expect, app, keycloak_pid, keycloak_port
         "throughput": n / report["seconds"] if report["seconds"] else 0.0,
         "latency_ms": report["latency_ms"],
         "errors": report["unexpected_status"] + report["socket_errors"],
+        # Answers to a chained refresh that handed out no next token (a refusal, a lost connection).
+        "chain_breaks": report.get("chain_breaks", 0),
         "socket_errors": report["socket_errors"],
         "statuses": report["statuses"],
         "bodies": report["bodies"],
+        **{key: report[key] for key in ("rate", "service_ms", "dispatch_lag_ms", "waited_for_slot") if key in report},
         "app_cpu_ms": per_request_ms(spent["app_cpu"], n) if app else None,
         "keycloak_cpu_ms": per_request_ms(spent["keycloak_cpu"], n) if keycloak_pid else None,
         "load_cpu_ms": per_request_ms(spent["load_cpu"], n),

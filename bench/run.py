@@ -1,12 +1,14 @@
-"""`make bench`: the gateway beside direct Keycloak and its reference apps, measured with wrk (issue #14).
+"""`make bench`: the gateway beside direct Keycloak and its reference apps, measured with wrk and at a constant
+rate with the bench's open-loop generator (issues #14 and #21).
 
-    python -m bench.run [--quick] [--rounds N] [--seconds S] [--warmup N] [--results DIR]
+    python -m bench.run [--quick] [--rounds N] [--seconds S] [--warmup N] [--results DIR] [--rotation]
 
 Needs a running Keycloak (`make keycloak`); starts the gateway, the refresh floor and the bare Flask app under
-the repository's gunicorn config, makes its own users, warms Keycloak up, then runs every group of phases
-round after round, each phase beside its reference (order swapped every other round so that drift and
-after-effects fall on both), and prints one table. Writes the raw results (JSON) and a plot (PNG) under
-bench/results/. Measures and prints; asserts nothing.
+the repository's gunicorn config, makes its own users (with `--rotation`, in a realm of its own with
+refresh-token rotation on), warms Keycloak up, then runs every group of phases round after round, each phase
+beside its reference (order swapped every other round so that drift and after-effects fall on both), and
+prints one table. Writes the raw results (JSON) and a plot (PNG) under bench/results/. Measures and prints;
+asserts nothing.
 """
 
 import argparse
@@ -16,13 +18,15 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench import measure, phases, procs, report, servers, wrk
+from bench import measure, openloop, phases, procs, report, servers, wrk
+from bench import realm as realms
 from bench.realm import CLIENT_SECRET, Realm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +43,13 @@ def options(argv):
     parser.add_argument("--warmup", type=int, default=2,
                         help="warm-up passes over every phase, 3 s each, not counted (default 2)")
     parser.add_argument("--keycloak-url", default="http://localhost:8180/auth/")
+    parser.add_argument("--rotation", action="store_true",
+                        help="run in a realm of the bench's own, a copy of keycloak/realm-edm.json with refresh-token "
+                             "rotation on (revokeRefreshToken, refreshTokenMaxReuse 0), deleted at the end")
+    parser.add_argument("--master-admin", default=None, metavar="USER:PASSWORD",
+                        help="the master realm's administrator that makes and deletes that realm (default: "
+                             "KC_BOOTSTRAP_ADMIN_USERNAME / _PASSWORD, else admin:admin, as scripts/keycloak.sh "
+                             "starts it)")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results",
                         help="where the JSON and the PNG go (default bench/results/)")
     args = parser.parse_args(argv)
@@ -46,6 +57,13 @@ def options(argv):
         args.rounds, args.seconds, args.warmup = 1, 1, 0
     args.settle = 0.2 if args.quick else 1.0
     args.wrong_password_users = 16 if args.quick else phases.WRONG_PASSWORD_USERS
+    if args.master_admin is None:
+        args.master_admin = (f"{os.environ.get('KC_BOOTSTRAP_ADMIN_USERNAME') or 'admin'}:"
+                             f"{os.environ.get('KC_BOOTSTRAP_ADMIN_PASSWORD') or 'admin'}")
+    user, colon, password = args.master_admin.partition(":")
+    if not (user and colon):
+        parser.error("--master-admin takes USER:PASSWORD")
+    args.master_admin = (user, password)
     return args
 
 
@@ -81,13 +99,16 @@ def describe(args, realm, keycloak_pid, settings):
         "machine": {"cores": os.cpu_count(), "cpu": model, "memory_gib": round(memory_kib / 2**20, 1),
                     "kernel": platform.release(), "load_average": os.getloadavg()},
         "versions": {"python": platform.python_version(), **{p: metadata.version(p) for p in PACKAGES},
-                     "keycloak": keycloak.get("version"), "java": java_version(keycloak_pid), "wrk": wrk.version()},
+                     "keycloak": keycloak.get("version"), "java": java_version(keycloak_pid), "wrk": wrk.version(),
+                     "openloop": openloop.version()},
         "git": {"head": _git("rev-parse", "--short", "HEAD"),
                 "gateway_last_changed": _git("log", "-1", "--format=%h", "--", *code),
                 "gateway_dirty": bool(_git("status", "--porcelain", "--", *code))},
         "settings": {"rounds": args.rounds, "seconds": args.seconds, "warmup_passes": args.warmup,
                      "gunicorn": settings, "keycloak_url": args.keycloak_url, "keycloak_pid_found": bool(keycloak_pid),
-                     "wrong_password_users": args.wrong_password_users},
+                     "wrong_password_users": args.wrong_password_users, "realm": realm.name,
+                     "refresh_token_rotation": realm.rotation(),
+                     "open_loop_share": phases.OPEN_LOOP_SHARE},
     }
 
 
@@ -102,8 +123,9 @@ class Bench:
         self.requests = phases.Requests(realm, realm.users, split.path.rstrip("/") + realm.token_path, groups,
                                         args.wrong_password_users)
 
-    def phase(self, group, variant, seconds):
-        """Prepare the realm for one phase, run it, and return its figures."""
+    def phase(self, group, variant, seconds, rate=None):
+        """Prepare the realm for one phase, run it (an open loop at `rate` requests a second), and return its
+        figures."""
         time.sleep(self.args.settle)  # let Keycloak finish the requests the last phase's load left in flight
         users = [u for mine in self.requests.users_of(group) for u in mine]
         if group.kind == "wrong password":
@@ -114,16 +136,28 @@ class Bench:
         time.sleep(self.args.settle)  # and the asynchronous work the preparation started (sessions ended...)
         app = self.apps.get(variant)
         url = app.url if app else self.keycloak_base
-        figures = measure.phase(url, per_connection, seconds, group.expect[variant], app, self.keycloak_pid,
-                                self.keycloak_port)
+        expect = group.expect[variant]
+        if group.open_loop:
+            slots = [request for requests in per_connection for request in requests]
+            load = lambda: openloop.run(url, slots, rate, seconds, expect)  # noqa: E731
+        else:
+            load = lambda: wrk.run(url, per_connection, seconds, expect)  # noqa: E731
+        figures = measure.phase(load, app, self.keycloak_pid, self.keycloak_port)
         return {"group": group.name, "kind": group.kind, "concurrency": group.concurrency, "variant": variant,
-                **figures}
+                "open_loop": group.open_loop, **figures}
 
     def sweep(self, label, seconds, round_number, reverse):
-        """Every group once, each group's variants one after another; yields their figures."""
+        """Every group once, each group's variants one after another; yields their figures. An open loop's rate
+        is its share of the gateway's throughput in this sweep's saturating phase of the same kind."""
+        throughput = {}
         for group in self.groups:
+            rate = None
+            if group.open_loop:
+                rate = max(1.0, phases.OPEN_LOOP_SHARE * throughput[phases.saturating(self.groups, group.kind).name])
             for variant in (reversed(group.variants) if reverse else group.variants):
-                figures = self.phase(group, variant, seconds)
+                figures = self.phase(group, variant, seconds, rate)
+                if variant == "gateway":
+                    throughput[group.name] = figures["throughput"]
                 progress(f"{label} {group.name:<20} {variant:<9} {figures['throughput']:9.1f} req/s  "
                          f"p50 {figures['latency_ms']['p50']:7.2f} ms  errors {figures['errors']}  "
                          f"others {figures['other_cores']:.2f} cores")
@@ -134,10 +168,34 @@ def main(argv=None):
     args = options(argv)
     if not shutil.which("wrk"):
         sys.exit("bench: wrk is needed (Debian package wrk; scripts/prerequisites.sh bench installs it)")
-    realm = Realm(args.keycloak_url)
     keycloak_pid = procs.listening_pid(urlsplit(args.keycloak_url).port or 80)
     groups = phases.plan()
-    env = servers.environment(args.keycloak_url, CLIENT_SECRET)
+    own_realm = None
+    if args.rotation:
+        progress("bench: making a realm of its own, with refresh-token rotation on")
+        own_realm = realms.create_copy(args.keycloak_url, args.master_admin, realms.ROTATION)
+    realm = Realm(args.keycloak_url, own_realm or realms.REALM)
+    try:
+        run(args, realm, keycloak_pid, groups)
+    finally:
+        if own_realm:
+            realms.delete_copy(args.keycloak_url, args.master_admin, own_realm)
+
+
+def run(args, realm, keycloak_pid, groups):
+    """The bench in `realm`: its users, apps and phases, then the table, the JSON and the plot."""
+    # The apps' host state (the gateway's store, its login turns' lock files) in a directory of this run's own:
+    # no refresh token spent or session ended by another gateway on this host reaches the bench's.
+    state = tempfile.mkdtemp(prefix="bench-state-")
+    try:
+        measure_and_report(args, realm, keycloak_pid, groups, {**servers.environment(
+            args.keycloak_url, CLIENT_SECRET, realm.name), "TMPDIR": state})
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def measure_and_report(args, realm, keycloak_pid, groups, env):
+    """The phases with the apps in `env`, then the table, the JSON and the plot."""
     meta = describe(args, realm, keycloak_pid, servers.gunicorn_settings(env))
     if not keycloak_pid:
         progress("bench: Keycloak's process is not on this host; its CPU and memory are not measured")

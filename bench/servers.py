@@ -26,11 +26,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def environment(keycloak_url, client_secret):
+def environment(keycloak_url, client_secret, realm="edm"):
     """A clean environment for the apps: the stack's settings only, nothing of the caller's but the server's
     worker and thread counts."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
-           "KEYCLOAK_URL": keycloak_url, "KEYCLOAK_CLIENT_SECRET": client_secret,
+           "KEYCLOAK_URL": keycloak_url, "KEYCLOAK_CLIENT_SECRET": client_secret, "KEYCLOAK_REALM": realm,
            # The rate limits run as deployed: the default per-address limit (100 a minute), each request from
            # another client address behind one trusted proxy (bench/wrk/replay.lua), so no address reaches it;
            # the per-username limit raised just enough for the wrong-password phases' failures (192 users).

@@ -1,6 +1,8 @@
-"""wrk driven from Python: one connection per wrk thread, each replaying its own requests (`wrk/replay.lua`)."""
+"""wrk driven from Python: one connection per wrk thread, each replaying its own requests (`wrk/replay.lua`),
+or chaining the refresh tokens it is handed."""
 
 import json
+import re
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -8,20 +10,31 @@ from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent / "wrk"
 MARKER = "BENCH-JSON "
+# A refresh token the loads can chain: Keycloak's are compact JWS, which JSON and form bodies carry unescaped.
+CHAINABLE = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
 class Request:
-    """One HTTP request as a connection sends it."""
+    """One HTTP request as a connection sends it. With `chain`, the body carries `token` once, and each answer's
+    JSON member `chain` (the next refresh token) takes its place in the connection's next request."""
 
     method: str
     path: str
     body: str = ""
     headers: dict = field(default_factory=dict)
+    chain: str = ""
+    token: str = ""
+
+    def __post_init__(self):
+        if self.chain and not (CHAINABLE.fullmatch(self.token) and self.body.count(self.token) == 1):
+            raise ValueError("a chained request's body must carry its token once, and the token be chainable")
 
     def line(self, connection):
         """The request as a line of replay.lua's requests file."""
-        fields = [str(connection), self.method, self.path, self.body, *(f"{k}: {v}" for k, v in self.headers.items())]
+        chain = f"{self.chain}={self.token}" if self.chain else ""
+        fields = [str(connection), self.method, self.path, self.body, chain,
+                  *(f"{k}: {v}" for k, v in self.headers.items())]
         if any("\t" in f or "\n" in f for f in fields):
             raise ValueError("a request field holds a tab or a line break")
         return "\t".join(fields)
@@ -40,6 +53,8 @@ def run(base_url, per_connection, seconds, expect):
     connections = len(per_connection)
     with tempfile.NamedTemporaryFile("w", prefix="bench-requests-", suffix=".tsv") as requests_file:
         for connection, requests in enumerate(per_connection):
+            if any(r.chain for r in requests) and len(requests) > 1:
+                raise ValueError("a connection that chains tokens sends one request, again and again")
             requests_file.writelines(request.line(connection) + "\n" for request in requests)
         requests_file.flush()
         command = ["wrk", "-t", str(connections), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s",

@@ -4,12 +4,26 @@ Importing the package imports nothing else: gunicorn's settings must set up the 
 prometheus_client is first imported (`gateway/gunicorn_conf.py`).
 """
 
+import functools
+
+
+@functools.cache
+def version():
+    """The gateway's version, from the installed package's metadata: pyproject.toml is the one place it is written."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("edm-gateway")
+    except PackageNotFoundError:  # a checkout put on sys.path without being installed
+        return "0+unknown"
+
 
 def create_app(test_config=None):
     """Build the app: defaults, then the environment, then `test_config` (keyed by variable name)."""
     from flask import Flask
 
-    from gateway import api, backchannel, limits, observe, ops, simplejwt, store, tester
+    from gateway import api, backchannel, bodies, limits, observe, ops, simplejwt, store, tester
     from gateway.browser import register_browser_headers
     from gateway.config import check_server, load_settings
     from gateway.errors import register_error_handlers
@@ -25,6 +39,7 @@ def create_app(test_config=None):
     register_secret(settings.client_secret)
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.request_class = bodies.Request  # the limit holds for chunked bodies too
     app.json.sort_keys = False  # the documented bodies have a key order
     app.extensions["store"] = store.connect(settings)  # the host's file, or Redis with GATEWAY_REDIS_URL
     app.extensions["ended_sessions"] = EndedSessions(app.extensions["store"])

@@ -8,8 +8,8 @@ its API calls go through the allowlisted proxy (`gateway/proxy.py`) with the acc
   ID token's checks, a new session (the browser's previous one ended), its cookie, and 302 to `returnUrl`.
 - `GET /bff/sessions`, `DELETE /bff/sessions/<id>`: the user's Keycloak sessions, as `/api/sessions` lists and ends
   them, with the session's access token; ending the browser's own session is a logout of it.
-- `GET /bff/user`, `POST /bff/logout?sid=`, `/bff/sessions`, `/bff/api/<name>/<path>`: need `X-CSRF: 1`, a header that a page of
-  another origin can only send after a CORS preflight, which the gateway never grants for `/bff/`
+- `GET /bff/user`, `POST /bff/logout?sid=`, `/bff/sessions`, `/bff/api/<name>/<path>`: need `X-CSRF: 1`, a header
+  that a page of another origin can only send after a CORS preflight, which the gateway never grants for `/bff/`
   (`gateway/browser.py`); the session cookie is SameSite=Strict besides.
 
 The session cookie `__Host-edm-session` is HttpOnly, Secure, SameSite=Strict, Path=/, without Domain and without
@@ -33,8 +33,10 @@ from gateway.errors import (
     InvalidSessionId,
     LoginFailed,
     MissingCsrfHeader,
+    NotLoggedIn,
     SessionEnded,
     UpstreamError,
+    handle_gateway_error,
 )
 from gateway.logins import LOGIN_SECONDS, Logins, code_challenge
 from gateway.logs import register_secret
@@ -90,10 +92,18 @@ def require_csrf_header():
 
 @bp.after_request
 def session_headers(response):
-    """Nothing of a session is cached; a cookie that names no session any more is expired."""
+    """Nothing of a session is cached."""
     if request.endpoint != "bff.api" or "Cache-Control" not in response.headers:
         response.headers["Cache-Control"] = "no-store"
-    if response.status_code == 401 and SESSION_COOKIE in request.cookies:
+    return response
+
+
+@bp.errorhandler(NotLoggedIn)
+def not_logged_in(error):
+    """The gateway's own "not logged in": a cookie that names no session any more is expired. (An upstream's 401,
+    passed on by the proxy, is the upstream's word on one call and leaves the session alone.)"""
+    response = handle_gateway_error(error)
+    if SESSION_COOKIE in request.cookies:
         expire_cookie(response, SESSION_COOKIE, "Strict")
     return response
 
@@ -254,6 +264,7 @@ def end_session(session_id):
 def api(target):
     """Forward to the upstream named in the path, with the session's access token."""
     name, path, query = proxy.request_target()
+    proxy.check_body()
     session = current_session()
     return proxy.current().forward(name, path, query, session.access_token)
 

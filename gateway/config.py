@@ -1,7 +1,8 @@
 """Typed configuration: defaults, then the environment, then a test mapping; checked once at start.
 
-Every environment variable the gateway reads is in ``VARIABLES`` (gunicorn's, the CA bundle's and the proxies'
-included); the README's tables list the same ones.
+Every environment variable the gateway reads is in ``VARIABLES``, with its default (gunicorn's, the CA bundle's and
+the proxies' included), or in ``SECRET_FILES``; the README's tables list the same ones. ``Settings`` has no defaults
+of its own: ``load_settings`` gives it every field, from the environment or the table.
 """
 
 import os
@@ -160,6 +161,11 @@ def _as_is(name, value):
     return value
 
 
+def _unless_unset(parse):
+    """`parse` for a variable without a default: "" (not set) stays ""."""
+    return lambda name, value: parse(name, value) if value else ""
+
+
 _HOST = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*|\[[0-9a-f:.]+\]")
 
 
@@ -236,10 +242,11 @@ def _origins(name, value):
     return tuple(dict.fromkeys(_origin(name, item.strip()) for item in value.split(",") if item.strip()))
 
 
-# variable: (settings field, parser, default; None means required, "" means unset unless given).
+# variable: (settings field, parser, default). A variable that is unset or empty takes its default, which is parsed
+# like a given value; None means required.
 VARIABLES = {
     "KEYCLOAK_URL": ("keycloak_url", _url, "http://localhost:8180/auth/"),
-    "KEYCLOAK_PUBLIC_URL": ("keycloak_public_url", _url, ""),
+    "KEYCLOAK_PUBLIC_URL": ("keycloak_public_url", _unless_unset(_url), ""),
     "KEYCLOAK_REALM": ("realm", _text, "edm"),
     "KEYCLOAK_CLIENT_ID": ("client_id", _text, "edmportal"),
     "KEYCLOAK_CLIENT_SECRET": ("client_secret", _text, None),
@@ -258,9 +265,9 @@ VARIABLES = {
     # BFF mode (gateway/bff.py, gateway/sessions.py, gateway/proxy.py)
     "GATEWAY_BFF": ("bff", _flag, "false"),
     "GATEWAY_PUBLIC_URL": ("public_url", _public_url, "http://localhost:8000"),
-    "GATEWAY_SESSION_SECRET": ("session_secret", _session_secret, ""),
+    "GATEWAY_SESSION_SECRET": ("session_secret", _unless_unset(_session_secret), ""),
     "GATEWAY_BFF_UPSTREAMS": ("bff_upstreams", _upstreams, ""),
-    "GATEWAY_REDIS_URL": ("redis_url", _redis_url, ""),
+    "GATEWAY_REDIS_URL": ("redis_url", _unless_unset(_redis_url), ""),
     # refresh-token rotation (gateway/rotation.py): how long the same old token gets the same new tokens
     "GATEWAY_REFRESH_GRACE_SECONDS": ("refresh_grace_seconds", lambda n, v: whole_number(n, v, 0, 60), "10"),
     # gunicorn's (read by gateway/gunicorn_conf.py)
@@ -270,60 +277,70 @@ VARIABLES = {
     # set by gunicorn itself in the processes it starts: the app then checks that the gateway's settings are in force
     "SERVER_SOFTWARE": ("server_software", _as_is, ""),
     # prometheus_client's multiprocess directory (gateway/gunicorn_conf.py wipes it at start, or makes its own)
-    "PROMETHEUS_MULTIPROC_DIR": ("metrics_dir", _directory, ""),
+    "PROMETHEUS_MULTIPROC_DIR": ("metrics_dir", _unless_unset(_directory), ""),
     # where the per-host login turns keep their lock files (gateway/userlock.py)
-    "XDG_RUNTIME_DIR": ("runtime_dir", _directory, ""),
-    "TMPDIR": ("temp_dir", _directory, ""),
+    "XDG_RUNTIME_DIR": ("runtime_dir", _unless_unset(_directory), ""),
+    "TMPDIR": ("temp_dir", _unless_unset(_directory), ""),
     # the calls to Keycloak: a private CA, outgoing proxies (the names requests honours, read once)
-    "REQUESTS_CA_BUNDLE": ("ca_bundle", _ca_bundle, ""),
-    "CURL_CA_BUNDLE": ("curl_ca_bundle", _ca_bundle, ""),
+    "REQUESTS_CA_BUNDLE": ("ca_bundle", _unless_unset(_ca_bundle), ""),
+    "CURL_CA_BUNDLE": ("curl_ca_bundle", _unless_unset(_ca_bundle), ""),
     # (listed upper case first: the lower-case spelling, parsed after it, wins)
     **{name: (name.lower(), _as_is, "") for name in (
         "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy")},
 }
 
 
+# Secrets that may also come from a file, the container convention (Docker and Kubernetes secrets): the variable
+# NAME_FILE names the file.
+SECRET_FILES = ("KEYCLOAK_CLIENT_SECRET", "GATEWAY_SESSION_SECRET")
+# Every environment variable the gateway reads.
+NAMES = (*VARIABLES, *(f"{name}_FILE" for name in SECRET_FILES))
+# A secret file is a few dozen bytes; a larger one is a mistake (or /dev/zero), not a secret.
+SECRET_FILE_LIMIT = 65536
+
+
 @dataclass(frozen=True)
 class Settings:
-    """The gateway's settings, parsed and checked. Secrets are left out of `repr`."""
+    """The gateway's settings, parsed and checked; every default is in ``VARIABLES``. Secrets are left out of
+    `repr`."""
 
+    keycloak_url: str
+    keycloak_public_url: str
+    realm: str
+    client_id: str
     client_secret: str = field(repr=False)
-    keycloak_url: str = "http://localhost:8180/auth/"
-    keycloak_public_url: str = ""
-    realm: str = "edm"
-    client_id: str = "edmportal"
-    timeout: float = 5.0
-    max_body_bytes: int = 16384
-    simplejwt_profile: bool = True
-    tester_page: bool = True
-    cors_origins: tuple = ()
-    keys_max_age: float = 300.0
-    hide_account_state: bool = False
-    limit_per_username: str = "10/minute"  # "" when off
-    limit_per_address: str = "100/minute"
-    login_waiters: int = 7
-    trusted_proxies: int = 0
-    bff: bool = False
-    public_url: str = "http://localhost:8000"
-    session_secret: str = field(default="", repr=False)
-    bff_upstreams: tuple = ()  # ((name, base URL), ...)
+    timeout: float
+    max_body_bytes: int
+    simplejwt_profile: bool
+    cors_origins: tuple
+    tester_page: bool
+    keys_max_age: float
+    hide_account_state: bool
+    limit_per_username: str  # "" when off
+    limit_per_address: str
+    login_waiters: int
+    trusted_proxies: int
+    bff: bool
+    public_url: str
+    session_secret: str = field(repr=False)
+    bff_upstreams: tuple  # ((name, base URL), ...)
     # may carry a password (redis://:password@host): not in repr
-    redis_url: str = field(default="", repr=False)
-    refresh_grace_seconds: int = 10
-    bind: str = "127.0.0.1:8000"
-    workers: int = 2
-    threads: int = 8
-    server_software: str = ""
-    metrics_dir: str = ""
-    runtime_dir: str = ""
-    temp_dir: str = ""
-    ca_bundle: str = ""
-    curl_ca_bundle: str = ""
+    redis_url: str = field(repr=False)
+    refresh_grace_seconds: int
+    bind: str
+    workers: int
+    threads: int
+    server_software: str
+    metrics_dir: str
+    runtime_dir: str
+    temp_dir: str
+    ca_bundle: str
+    curl_ca_bundle: str
     # proxies may carry credentials (http://user:password@proxy): not in repr either
-    https_proxy: str = field(default="", repr=False)
-    http_proxy: str = field(default="", repr=False)
-    all_proxy: str = field(default="", repr=False)
-    no_proxy: str = ""
+    https_proxy: str = field(repr=False)
+    http_proxy: str = field(repr=False)
+    all_proxy: str = field(repr=False)
+    no_proxy: str
 
     @property
     def issuer(self):
@@ -359,6 +376,27 @@ class Settings:
         return f"{self.public_url}/bff/callback"
 
 
+def _secret_file(variable, path):
+    """The content of the secret file `path`, one trailing newline stripped; errors name `variable` and the path,
+    never the content."""
+    try:
+        with open(path, "rb") as file:
+            content = file.read(SECRET_FILE_LIMIT + 1)
+    except OSError as exc:
+        raise ConfigError(f"{variable} names a file that cannot be read: {path!r} "
+                          f"({exc.strerror or type(exc).__name__})") from None
+    if len(content) > SECRET_FILE_LIMIT:
+        raise ConfigError(f"{variable} names a file larger than {SECRET_FILE_LIMIT} bytes: {path!r}")
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{variable} names a file that is not UTF-8 text: {path!r}") from None
+    text = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+    if not text:
+        raise ConfigError(f"{variable} names an empty file: {path!r}")
+    return text
+
+
 # Set by gateway/gunicorn_conf.py: that its settings are in force in this gunicorn (in the master, so in every worker
 # forked from it), and in each worker, before the worker builds the app, its thread count as gunicorn resolved it
 # (its command line, a config file or GATEWAY_THREADS).
@@ -382,21 +420,29 @@ def load_settings(environ=None, overrides=None):
     """Build Settings from the environment (or `environ`), then `overrides` keyed by variable name; in a gunicorn
     worker, `threads` is the worker's own."""
     environ = os.environ if environ is None else environ
-    raw = {name: environ.get(name) for name in VARIABLES}
+    raw = {name: environ.get(name) for name in NAMES}
     raw.update(overrides or {})
+    source = {}  # variable -> the variable its value came from, for the messages
+    for name in SECRET_FILES:
+        path = raw.get(f"{name}_FILE")
+        if path:
+            if raw.get(name):
+                raise ConfigError(f"{name} and {name}_FILE are both set; set one of them")
+            raw[name], source[name] = _secret_file(f"{name}_FILE", str(path)), f"{name}_FILE"
     values = {}
     for name, (attribute, parse, default) in VARIABLES.items():
         value = raw.get(name)
         if value is None or value == "":
             if default is None:
                 raise ConfigError(f"{name} is required but not set")
-            if default == "":
+            if attribute in values:  # another spelling of it (HTTPS_PROXY, https_proxy) was parsed before
                 continue
             value = default
-        values[attribute] = parse(name, str(value))
+        values[attribute] = parse(source.get(name, name), str(value))
     if worker_threads is not None:
         values["threads"] = worker_threads
-    values.setdefault("keycloak_public_url", values["keycloak_url"])
-    if values.get("bff") and not values.get("session_secret"):
+    if not values["keycloak_public_url"]:
+        values["keycloak_public_url"] = values["keycloak_url"]
+    if values["bff"] and not values["session_secret"]:
         raise ConfigError("GATEWAY_SESSION_SECRET is required when GATEWAY_BFF is on (at least 32 characters)")
     return Settings(**values)

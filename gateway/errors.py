@@ -28,6 +28,7 @@
     │   ├── InvalidSessionId           400 invalid session id (BFF: /bff/logout?sid=)
     │   ├── UnknownUpstream            404 unknown upstream (BFF: a name not in GATEWAY_BFF_UPSTREAMS)
     │   ├── InvalidUpstreamPath        400 invalid upstream path (BFF: a path that would leave the upstream)
+    │   ├── BodyNotAllowed             400 body not allowed (BFF: a GET or HEAD with a body)
     │   ├── InvalidLogoutToken         400 invalid_request (back-channel logout: OpenID's JSON object)
     │   └── SessionNotFound            404 session not found (a session id that is not one of the user's)
     ├── TooManyAttempts                429 too many login attempts (its `retry_after`, also sent as Retry-After)
@@ -49,9 +50,11 @@ errors as Django REST Framework and SimpleJWT word them.
 """
 
 import logging
+from urllib.parse import urlsplit
 
 from flask import current_app, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 
 from gateway.observe import record_outcome
 
@@ -237,6 +240,14 @@ class UnknownUpstream(RequestError):
 class InvalidUpstreamPath(RequestError):
     code, message = 400, "invalid upstream path"
     outcome = "invalid_upstream_path"
+
+
+class BodyNotAllowed(RequestError):
+    """A GET or HEAD to the proxy with a body: an upstream that leaves it unread would take it for the next request
+    on the connection, which the pool shares between users."""
+
+    code, message = 400, "body not allowed"
+    outcome = "body_not_allowed"
 
 
 class InvalidLogoutToken(RequestError):
@@ -447,8 +458,24 @@ def handle_unexpected_error(error):
     return _response(edm_body(500, "internal server error"), 500)
 
 
+def relative_redirect():
+    """werkzeug's routing redirects (slashes merged, a trailing slash added) as a bare redirect to the path alone: the
+    URL werkzeug writes names whatever host the client sent (`Host: evil.example`)."""
+    redirect = request.routing_exception
+    if not isinstance(redirect, RequestRedirect):
+        return None
+    parts = urlsplit(redirect.new_url)
+    # One leading slash: `//host` or `/\\host` would be another host to a browser.
+    location = "/" + parts.path.lstrip("/\\") + (f"?{parts.query}" if parts.query else "")
+    response = current_app.response_class(status=redirect.code, headers={"Location": location})
+    del response.headers["Content-Type"]
+    return response
+
+
 def register_error_handlers(app):
     """Install the handlers once; every error of every endpoint goes through them."""
+    # Flask passes routing redirects to no error handler: they are caught before the view instead.
+    app.before_request(relative_redirect)
     app.register_error_handler(GatewayError, handle_gateway_error)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(Exception, handle_unexpected_error)

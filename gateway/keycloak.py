@@ -149,16 +149,21 @@ def _transport_failure(operation, exc):
     return UpstreamBadResponse(f"{operation}: {type(exc).__name__}: {exc}")
 
 
+# What an answer's status means when Keycloak's body names no refusal: a Keycloak that is starting (or a proxy in
+# front of one that is down) answers 503, and a proxy whose Keycloak is too slow 504.
+UNAVAILABLE_STATUSES = {502: UpstreamUnavailable, 503: UpstreamUnavailable, 504: UpstreamTimeout}
+
+
 def _refused(operation, status, content, refusals):
     """The gateway's error for a refusal of Keycloak: its class in `refusals` (by error and description, by error, or
-    by HTTP status), else a bad answer."""
+    by HTTP status), else by the status, else a bad answer."""
     error, description = _refusal_of(content)
     refusals = refusals or {}
     refusal = refusals.get((error, description)) or refusals.get((error, None)) or refusals.get(status)
     reason = f"{operation}: HTTP {status} {error or 'non-JSON body'}: {description or ''}".rstrip()
     if (error, description) == HTTPS_REQUIRED:
         reason += " (Keycloak refuses a public client address over plain http: call it over https)"
-    return (refusal or UpstreamBadResponse)(reason)
+    return (refusal or UNAVAILABLE_STATUSES.get(status) or UpstreamBadResponse)(reason)
 
 
 @contextmanager
@@ -182,7 +187,7 @@ def _upstream(operation, refusals=None):
         error = _refused(operation, exc.response_code, exc.response_body, refusals)
         result = "error" if isinstance(error, UpstreamError) else "refused"
         raise error from exc
-    except Exception as exc:  # noqa: BLE001 - e.g. python-keycloak's TypeError for a body of the wrong JSON type
+    except Exception as exc:  # e.g. python-keycloak's TypeError for a body of the wrong JSON type
         log.warning("%s: unusable answer", operation, exc_info=True)
         raise UpstreamBadResponse(f"{operation}: {type(exc).__name__}: {exc}") from exc
     finally:
@@ -285,7 +290,7 @@ class Keycloak:
         self._local = threading.local()
         try:
             self._admin()  # built now: a bad CA bundle or URL, or a python-keycloak that changed, stops the start
-        except Exception as exc:  # noqa: BLE001 - any failure here is a start-up failure, named
+        except Exception as exc:  # any failure here is a start-up failure, named
             raise ConfigError(f"cannot build the Keycloak client: {type(exc).__name__}: {exc}") from exc
         self.keys = RealmKeys(self._fetch_jwks, max_age=settings.keys_max_age)
         self.tokens = AccessTokens(settings, self.keys, ended=ended)
@@ -318,6 +323,7 @@ class Keycloak:
             headers.update({"Content-Length": str(len(request.body)),
                             "Content-Type": "application/x-www-form-urlencoded"})
         request.headers = CaseInsensitiveDict(headers)
+        request.headers.update(observe.trace_headers())
         with _upstream(operation, refusals):
             response = self._adapter.send(request, **self._send_options)
             content = response.content
@@ -357,9 +363,12 @@ class Keycloak:
         form = {"grant_type": "password", "username": username, "password": password, "scope": "profile email",
                 **self._client}
         hide_account_state = self.settings.hide_account_state
-        with self.turns.hold(username):
+        with self.turns.hold(username) as turn:
             try:
                 body = self._call("password grant", "token", form, LOGIN_REFUSALS, for_client=True)
+            except UpstreamTimeout:
+                turn.settle = self.settings.timeout  # Keycloak may still be working on it: no overlapping grant
+                raise
             except _CredentialsRejected as exc:
                 if not explain or hide_account_state:
                     raise InvalidCredentials(exc.reason) from None
@@ -374,6 +383,13 @@ class Keycloak:
 
     def _credential_failure(self, username, reason):
         admin = self._admin()
+        trace = observe.trace_headers()  # on this thread's own connections, its service-account token's renewal too
+        for connection in (admin.connection, admin.connection.keycloak_openid.connection):
+            for header in ("traceparent", "tracestate"):
+                if header in trace:
+                    connection.add_param_headers(header, trace[header])
+                else:
+                    connection.del_param_headers(header)
         query = {"username": username, "exact": "true", "briefRepresentation": "true", "first": 0, "max": 1}
         with _upstream("user look-up"):
             users = admin.get_users(query)

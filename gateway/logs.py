@@ -62,8 +62,8 @@ def register_secret(value):
 
 
 class JsonFormatter(logging.Formatter):
-    """A record as one line of JSON: time, level, logger, message, then its fields (the request id during a
-    request, and those given with `extra=`); every string cleaned of secrets."""
+    """A record as one line of JSON: time, level, logger, message, then its fields (the request id and trace id
+    during a request, and those given with `extra=`); every string cleaned of secrets."""
 
     def format(self, record):
         line = {
@@ -128,12 +128,13 @@ def logging_config():
 
 
 def _stamped_with_request_id(make_record):
-    """A record factory that stamps each record made during a request with its id, whatever handler writes it."""
+    """A record factory that stamps each record made during a request with its id and trace id, whatever handler
+    writes it."""
 
     def make(*args, **kwargs):
         record = make_record(*args, **kwargs)
         if has_request_context() and "request_id" in g:
-            record.request_id = g.request_id
+            record.request_id, record.trace_id = g.request_id, g.get("trace_id")
         return record
 
     make.edm_gateway = True

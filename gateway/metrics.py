@@ -8,11 +8,55 @@ it (the Flask test client, `flask run`) the series live in this process.
 The `outcome` label is the `outcome` of the error the answer told (`gateway.errors.answered`), or `success`: the
 audit log uses the same value, so the two never disagree, and neither tells more than the answer did. Where the
 SimpleJWT profile or enumeration-safe mode hides the account state, the real cause is only in the audit line's
-`reason`. The series are for the operator's scraper: nginx in compose refuses `/metrics` from outside.
+`reason`. The series are for the operator's scraper: nginx in compose refuses `/metrics` from outside. Label values
+are snake_case, as Prometheus names are: the callers pass the words they log (`password grant`, `api.login`) and
+`_SnakeCase` writes them `password_grant`, `api_login`.
 """
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client import multiprocess
+import functools
+import platform
+import re
+
+import prometheus_client
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+
+from gateway import version
+
+# The labels whose values the callers write in words; the others are snake_case already, or names to keep as
+# written (an upstream's configured name, an HTTP method).
+SNAKE_CASE_LABELS = frozenset({"endpoint", "operation"})
+
+
+@functools.lru_cache(maxsize=1024)
+def snake_case(value):
+    """`value` in snake_case: lower case, every run of other characters one `_` (`user look-up` -> `user_look_up`)."""
+    return re.sub(r"[^a-z0-9]+", "_", value.lower()).strip("_")
+
+
+class _SnakeCase:
+    """A metric whose `endpoint` and `operation` values are written in snake_case, whoever passes them; each child
+    is kept by the values as passed, so that a request pays one dict look-up, not the conversion."""
+
+    def __init__(self, name, documentation, labelnames=(), **kwargs):
+        super().__init__(name, documentation, labelnames, **kwargs)
+        self._snake_case = tuple(label in SNAKE_CASE_LABELS for label in labelnames)
+        self._by_values = {}
+
+    def labels(self, *values):
+        child = self._by_values.get(values)
+        if child is None:
+            child = self._by_values[values] = super().labels(
+                *(snake_case(value) if snake else value for snake, value in zip(self._snake_case, values, strict=True)))
+        return child
+
+
+class Counter(_SnakeCase, prometheus_client.Counter):
+    """A Counter with snake_case label values."""
+
+
+class Histogram(_SnakeCase, prometheus_client.Histogram):
+    """A Histogram with snake_case label values."""
+
 
 SECONDS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -29,7 +73,7 @@ REQUEST_SECONDS = Histogram(
 )
 UPSTREAM_SECONDS = Histogram(
     "edm_gateway_upstream_duration_seconds",
-    "Time of each call to Keycloak, by operation (password grant, refresh grant, user look-up...) and result: ok, "
+    "Time of each call to Keycloak, by operation (password_grant, refresh_grant, user_look_up...) and result: ok, "
     "refused (Keycloak answered with a refusal it documents, e.g. invalid_grant) or error (unreachable, timed out, "
     "an unusable answer).",
     ["operation", "result"],
@@ -54,8 +98,19 @@ KEY_FETCHES = Counter(
 )
 
 
+# Set by whichever process is scraped, so that it is there however the workers come and go; "max" sums the workers'
+# copies of it into one series.
+BUILD_INFO = prometheus_client.Gauge(
+    "edm_gateway_build_info",
+    "The gateway's version and the Python version it runs on; always 1.",
+    ["version", "python_version"],
+    multiprocess_mode="max",
+)
+
+
 def exposition(multiprocess_dir):
     """The text of every series, with its content type; summed over the workers in multiprocess mode."""
+    BUILD_INFO.labels(version(), platform.python_version()).set(1)
     if multiprocess_dir:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

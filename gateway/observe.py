@@ -1,11 +1,16 @@
-"""What every request leaves behind: its id (`X-Request-ID`), one JSON log line, its metrics, and for each login,
-refresh and logout attempt one audit event.
+"""What every request leaves behind: its id (`X-Request-ID`), its trace (W3C `traceparent`), one JSON log line, its
+metrics, and for each login, refresh and logout attempt one audit event.
+
+The trace (https://www.w3.org/TR/trace-context/): an incoming `traceparent` is taken when well-formed, else a new
+trace is begun; the gateway's own span id is the parent it sends on, in `trace_headers()`, to Keycloak and to the
+BFF proxy's upstreams; the trace id is in every log line of the request (`gateway.logs`).
 
 The error handlers (`gateway.errors`) record the outcome and Keycloak's real reason here; `gateway.keycloak` adds
 the time spent upstream; the response helpers name the user once a token says who it is.
 """
 
 import logging
+import os
 import re
 import secrets
 import time
@@ -15,6 +20,13 @@ from flask import g, has_request_context, request
 from gateway import metrics
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# version-trace_id-parent_id-flags in lower-case hex; a later version may append fields after another "-".
+TRACEPARENT = re.compile(r"(?!ff)([0-9a-f]{2})-(?!0{32})([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-([0-9a-f]{2})(-.*)?",
+                         re.DOTALL)
+# A trace begun here is sampled: Keycloak's tracing then records it as it would a request of its own.
+NEW_TRACE_FLAGS = "01"
+# tracestate: list members of printable ASCII, passed on as they came (at most the 512 characters the spec asks for).
+TRACESTATE = re.compile(r"[\x20-\x7e]{1,512}")
 # endpoint -> audit event; every attempt at one of these leaves an audit line
 AUDITED = {"api.login": "login", "simplejwt.login": "login", "api.refresh": "refresh",
            "simplejwt.refresh": "refresh", "api.logout": "logout",
@@ -42,6 +54,32 @@ def start():
     g.request_id = incoming if REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16)
     g.started = time.perf_counter()
     g.upstream_seconds = 0.0
+    _start_trace(request.headers.get("traceparent"), request.headers.get("tracestate"))
+
+
+def _start_trace(traceparent, tracestate):
+    """This request's trace: the incoming one when its `traceparent` is well-formed (version 00 exactly, a later
+    version by its first four fields), else a new one; and this gateway's span within it."""
+    parsed = TRACEPARENT.fullmatch(traceparent) if traceparent else None
+    ids = os.urandom(24).hex()  # a new trace id and this span's id, random, in one call
+    while not ids[:32].strip("0") or not ids[32:].strip("0"):  # all zeros is no id in Trace Context
+        ids = os.urandom(24).hex()
+    if parsed is None or (parsed[1] == "00" and parsed[4] is not None):
+        trace_id, flags, tracestate = ids[:32], NEW_TRACE_FLAGS, None
+    else:
+        trace_id, flags = parsed[2], parsed[3]
+    headers = {"traceparent": f"00-{trace_id}-{ids[32:]}-{flags}"}
+    if tracestate and TRACESTATE.fullmatch(tracestate):
+        headers["tracestate"] = tracestate
+    g.trace_id, g.trace_headers = trace_id, headers
+
+
+def trace_headers():
+    """The headers that carry this request's trace to a service it calls, this gateway's span as the parent; none
+    outside a request."""
+    if has_request_context():
+        return g.get("trace_headers") or {}
+    return {}
 
 
 def record_outcome(outcome, reason=None):

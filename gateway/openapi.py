@@ -11,6 +11,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields, validate
 
 from gateway import errors as e
+from gateway import version
 from gateway.schemas import (
     DrfCharField,
     LoginSchema,
@@ -21,7 +22,6 @@ from gateway.schemas import (
     TokenVerifySchema,
 )
 
-VERSION = "0.2.0"
 BODY_TYPES = ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
 
 
@@ -271,7 +271,8 @@ def _bff_operations():
                    "description": "an upstream of GATEWAY_BFF_UPSTREAMS"},
                   {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
                    "description": "the rest of the path, slashes included, forwarded as sent (no `.` or `..` "
-                                  "segment, encoded slash or backslash, or empty segment)"}]
+                                  "segment, also not before a `;` or in another spelling, no encoded slash or "
+                                  "backslash, no empty segment)"}]
     proxied = {"description": "the upstream's answer, of any status, streamed as it came (hop-by-hop headers, "
                               "Set-Cookie and CORS headers left out); the statuses listed are the gateway's own",
                "content": {"*/*": {"schema": {}}}}
@@ -282,15 +283,17 @@ def _bff_operations():
             "parameters": parameters, "security": [{"bffSession": []}],
             **({"requestBody": {"content": {"*/*": {"schema": {}}}}} if method in ("post", "put", "patch") else {}),
             "responses": {"default": proxied,
-                          **_bff_failures(e.InvalidUpstreamPath, e.NotLoggedIn, e.MissingCsrfHeader,
-                                          e.UnknownUpstream, api=True, body=True, methods=method == "get")},
+                          **_bff_failures(e.InvalidUpstreamPath, *((e.BodyNotAllowed,) if method == "get" else ()),
+                                          e.NotLoggedIn, e.MissingCsrfHeader, e.UnknownUpstream, api=True,
+                                          body=method != "get", methods=method == "get")},
         }
 
 
 def _drf_failures(unauthorized):
     """The SimpleJWT profile's failures: DRF's shapes."""
     return {
-        "400": _answer("field errors, or a body that does not parse",
+        "400": _answer("field errors, or a body that does not parse (also one of a charset that is no text "
+                       "encoding)",
                        {"oneOf": [{"$ref": "#/components/schemas/DrfFieldErrors"},
                                   {"$ref": "#/components/schemas/DrfDetail"}]}),
         "401": _answer("refused", unauthorized, "WWW-Authenticate"),
@@ -430,7 +433,7 @@ def build_document(settings):
     """The document for an app with these settings (only the profiles it serves), as a dict."""
     plugin = MarshmallowPlugin()
     spec = APISpec(
-        title="EDM auth gateway", version=VERSION, openapi_version="3.1.0", plugins=[plugin],
+        title="EDM auth gateway", version=version(), openapi_version="3.1.0", plugins=[plugin],
         info={"description": "A Backend-for-Frontend in front of the Keycloak realm `edm`. Every EDM error is a "
                              "JSON string such as `\"code=404, message=username not found\"`; on POST /api/login "
                              "every failure caused by the request answers HTTP 400 with the meaning in `code`."},

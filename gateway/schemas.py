@@ -3,14 +3,15 @@
 
 import codecs
 import functools
+import io
 import json
 
 from flask import g, request
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from gateway.errors import (
-    GatewayError,
     FieldErrors,
+    GatewayError,
     InvalidAccessToken,
     MalformedBody,
     MissingAccessToken,
@@ -170,19 +171,39 @@ def _refuse_constant(name):
     raise ValueError(f"Out of range float values are not JSON compliant: {name!r}")
 
 
+def drf_charset():
+    """The body's charset as Django and DRF take it: the Content-Type's if Python knows it, else UTF-8; MalformedBody
+    (DRF's words) for one that is no text encoding: rot13, or base64, zlib and bz2, whose decoding would also
+    inflate a body already held to the size limit."""
+    charset = request.mimetype_params.get("charset")
+    if charset is None:
+        return "utf-8"
+    try:
+        codecs.lookup(charset)
+    except LookupError:  # an unknown charset: Django reads the body as UTF-8
+        return "utf-8"
+    except ValueError:  # a NUL in the name, on which Django fails (a 500): refused instead
+        pass
+    else:
+        try:
+            "".encode(charset)  # text encodings only, as DRF asks
+            return charset
+        except (LookupError, UnicodeError):
+            pass
+    raise MalformedBody(f'Unsupported charset "{charset}" in request Content-Type header.')
+
+
 def drf_request_data():
     """The body as DRF's JSON, form and multipart parsers read it; other media types are refused."""
     body = request.get_data(cache=True)
     if not body:
         return {}
+    if request.mimetype in ("application/json", *FORM_TYPES):
+        charset = drf_charset()
     if request.mimetype == "application/json":
-        charset = request.mimetype_params.get("charset", "utf-8")
         try:
-            codecs.lookup(charset)
-        except LookupError:  # an unknown charset: DRF reads the body as UTF-8
-            charset = "utf-8"
-        try:
-            return json.loads(body.decode(charset), parse_constant=_refuse_constant)
+            # DRF's reader: a UTF-16 body without its byte-order mark is refused, not guessed at.
+            return json.loads(codecs.getreader(charset)(io.BytesIO(body)).read(), parse_constant=_refuse_constant)
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise MalformedBody(f"JSON parse error - {exc}") from None
     if request.mimetype == "multipart/form-data" and not request.mimetype_params.get("boundary"):

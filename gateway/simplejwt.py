@@ -8,10 +8,10 @@ from gateway import keycloak, observe
 from gateway.api import rotated_refresh
 from gateway.errors import (
     ExpiredAccessToken,
-    RefreshReused,
     ExpiredRefreshToken,
     InvalidAccessToken,
     InvalidRefreshToken,
+    RefreshReused,
     WrongTokenType,
 )
 from gateway.schemas import TokenObtainSchema, TokenRefreshSchema, TokenVerifySchema, load_drf

@@ -305,7 +305,8 @@ class IdTokens:
         if self.client_id not in audiences or (len(audiences) > 1 and claims.get("azp") != self.client_id):
             raise InvalidIdToken("ID token: issued to another client")
         expires = claims.get("exp")
-        if not isinstance(expires, (int, float)) or isinstance(expires, bool) or expires + LEEWAY_SECONDS < self.clock():
+        if (not isinstance(expires, (int, float)) or isinstance(expires, bool)
+                or expires + LEEWAY_SECONDS < self.clock()):
             raise InvalidIdToken("ID token: expired or without expiry")
         if not isinstance(claims.get("nonce"), str) or not same_text(claims["nonce"], nonce):
             raise InvalidIdToken("ID token: not the nonce this login was started with")

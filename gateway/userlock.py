@@ -75,6 +75,15 @@ def _lock_byte(fd, offset):
     return True
 
 
+class Turn:
+    """What `hold()` yields: how long after the block the next grant of the username must wait. A grant that timed
+    out in the gateway may still run in Keycloak, which would refuse an overlapping one in the words of a wrong
+    password, so its holder sets `settle` to the time Keycloak may still take."""
+
+    def __init__(self):
+        self.settle = SETTLE_SECONDS
+
+
 def _no_place(where):
     return TooManyAttempts(f"too many logins of the same username already wait for their turn {where}",
                            retry_after=RETRY_AFTER)
@@ -203,10 +212,12 @@ class UsernameTurns(_Turns):
             queue = self._enter(key, deadline)
             try:
                 self._host_turn(fd, deadline)
+                turn = Turn()
                 try:
-                    yield
+                    yield turn
                 finally:
-                    os.pwrite(fd, _ENDED.pack(time.monotonic()), 0)
+                    # The next turn begins SETTLE_SECONDS after the recorded end, so a longer settle moves it on.
+                    os.pwrite(fd, _ENDED.pack(time.monotonic() + turn.settle - SETTLE_SECONDS), 0)
                     fcntl.flock(fd, fcntl.LOCK_UN)  # before the next thread of this process is called in
             finally:
                 self._leave(key, queue)
@@ -229,7 +240,11 @@ class UsernameTurns(_Turns):
             pause = min(pause * 2, 0.005)
         recorded = os.pread(fd, _ENDED.size, 0)
         if len(recorded) == _ENDED.size:
-            time.sleep(max(0.0, _ENDED.unpack(recorded)[0] + SETTLE_SECONDS - time.monotonic()))
+            begins = _ENDED.unpack(recorded)[0] + SETTLE_SECONDS
+            if begins > deadline:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                raise LoginQueueTimeout("the last grant of the same username may still run in Keycloak")
+            time.sleep(max(0.0, begins - time.monotonic()))
 
     def _open(self, path):
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
@@ -320,12 +335,13 @@ class SharedTurns(_Turns):
                     if not lock.acquire():
                         raise LoginQueueTimeout("waited too long for a login of the same username elsewhere")
                 held = self._watch(_Held(lock, places, token, time.monotonic() + self.longest_hold))
+                turn = Turn()
                 try:
-                    yield
+                    yield turn
                 finally:
                     self._unwatch(held)
                     # Not deleted: left to lapse once the grant settled in Keycloak, then the next one may begin.
-                    self._let_go("login turn", lambda: lock.extend(SETTLE_SECONDS, replace_ttl=True))
+                    self._let_go("login turn", lambda: lock.extend(turn.settle, replace_ttl=True))
             finally:
                 self._leave(key, queue)
         finally:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make bench`: Keycloak (started if it is not running), the benchmark (bench/run.py; arguments passed on),
-# Keycloak stopped again if this script started it; exits with the bench's status.
+# `make bench`: Keycloak (started if it is not running), the benchmark (bench/run.py; arguments passed on), or
+# with --profile first `make profile` (bench/profile.py), Keycloak stopped again if this script started it;
+# exits with the bench's status.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +11,12 @@ if ! scripts/keycloak.sh status >/dev/null 2>&1; then
   started=yes
 fi
 
-.venv/bin/python -m bench.run "$@"
+if [ "${1:-}" = --profile ]; then
+  shift
+  .venv/bin/python -m bench.profile "$@"
+else
+  .venv/bin/python -m bench.run "$@"
+fi
 status=$?
 
 [ "$started" = yes ] && scripts/keycloak.sh stop

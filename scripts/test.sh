@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# `make test`: Keycloak and Redis (each started if it is not running), the whole suite, each stopped again if this
-# script started it; exits with the suite's status and says how long the suite took.
+# `make test`: ruff first; Keycloak and Redis (each started if it is not running), the whole suite, each stopped again
+# if this script started it; then the offline suite on the dependency floors (scripts/floors.sh). Exits non-zero if
+# any of them failed, and says how long the suite took.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+
+.venv/bin/ruff check --quiet . || { echo "ruff: fix the above first (ruff check --fix fixes some)" >&2; exit 1; }
 
 started=no
 redis_started=no
@@ -23,4 +26,8 @@ echo "the suite took $((SECONDS - began)) s" >&2
 
 [ "$started" = yes ] && scripts/keycloak.sh stop
 [ "$redis_started" = yes ] && scripts/redis.sh stop
+# with the whole suite only: `scripts/test.sh tests/test_x.py` runs that file and nothing else
+if [ $# -eq 0 ]; then
+  scripts/floors.sh || { floors=$?; [ "$status" = 0 ] && status=$floors; }
+fi
 exit $status

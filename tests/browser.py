@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from gateway.config import VARIABLES
+from gateway.config import NAMES
 from tests.conftest import Gunicorn, live_config
 
 # Chromium as this machine's notes require it: no sandbox (root), and none of its background traffic, which a
@@ -31,7 +31,7 @@ document.addEventListener("securitypolicyviolation", (event) => {
 
 def hermetic(**overrides):
     """Every gateway variable named: unset ones as empty (their default), so nothing exported leaks in."""
-    return {**{name: "" for name in VARIABLES}, "GATEWAY_BIND": "", "GATEWAY_WORKERS": "1",
+    return {**{name: "" for name in NAMES}, "GATEWAY_BIND": "", "GATEWAY_WORKERS": "1",
             "GATEWAY_THREADS": "8", **overrides}
 
 

@@ -7,7 +7,8 @@ import yaml
 
 COMPOSE_FILE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
 
-# Compose's interpolation: `$$` is a literal `$`; `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?error}`, `$VAR`.
+# Compose's interpolation: `$$` is a literal `$`; `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?error}`,
+# `$VAR`.
 _REFERENCE = re.compile(r"\$(?:(\$)|\{(\w+)(?:(:?[-?])([^}]*))?\}|(\w+))")
 
 
@@ -27,12 +28,18 @@ def referenced_variables(text):
     return {name for name, _, _ in references(text)}
 
 
-def resolve_defaults(value):
-    """`value` as compose interpolates it when no variable is set: each reference becomes its default."""
+def resolve_defaults(value, variables=None):
+    """`value` as compose interpolates it with `variables` set (as from an `.env` file; none by default): each
+    reference becomes its variable's value, or else its default."""
+    variables = variables or {}
+
     def replace(match):
         escaped, braced, operator, default, bare = match.groups()
         if escaped:
             return "$"
+        name = braced or bare
+        if name in variables and (variables[name] != "" or operator in ("", "-", "?")):
+            return variables[name]
         if operator in (":?", "?"):
             raise ValueError(f"{braced} has no default in the compose file: {default or 'required'}")
         return default if operator in (":-", "-") else ""
@@ -40,12 +47,13 @@ def resolve_defaults(value):
     return _REFERENCE.sub(replace, str(value))
 
 
-def service_environment(service, path=COMPOSE_FILE):
-    """A service's `environment` (mapping or list form) with defaults applied, every value a string."""
+def service_environment(service, path=COMPOSE_FILE, variables=None):
+    """A service's `environment` (mapping or list form) interpolated with `variables` (defaults otherwise), every
+    value a string."""
     environment = compose_file(path)["services"][service].get("environment") or {}
     if isinstance(environment, list):
         environment = dict(item.split("=", 1) if "=" in item else (item, "") for item in environment)
-    return {name: resolve_defaults(_scalar(value)) for name, value in environment.items()}
+    return {name: resolve_defaults(_scalar(value), variables) for name, value in environment.items()}
 
 
 def _scalar(value):

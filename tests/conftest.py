@@ -21,7 +21,7 @@ import responses
 from keycloak import KeycloakAdmin, KeycloakOpenIDConnection
 
 from gateway import create_app
-from gateway.config import VARIABLES
+from gateway.config import NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 MOCK_URL = "http://keycloak.test/auth/"
@@ -89,7 +89,7 @@ def hermetic_environment():
     """Exported KEYCLOAK_*/GATEWAY_* (and proxy, CA bundle, runtime directory) variables never change an outcome:
     the run starts without any of them, and tests that mean one pass it explicitly."""
     with pytest.MonkeyPatch.context() as patch:
-        for name in VARIABLES:
+        for name in NAMES:
             patch.delenv(name, raising=False)
         yield
 
@@ -287,11 +287,12 @@ def free_port():
 class Gunicorn:
     """The gateway under gunicorn with the settings shipped in the package, as `make run` starts it."""
 
-    def __init__(self, env, cwd=ROOT, executable=None, args=(), port=None):
+    def __init__(self, env, cwd=ROOT, executable=None, args=(), port=None, command=None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [executable or os.path.join(os.path.dirname(sys.executable), "gunicorn"),
-                   "-c", "python:gateway.gunicorn_conf", "--bind", f"127.0.0.1:{self.port}", *args]
+        # `command` starts it another way (e.g. `edm-gateway serve`); the bind and `args` follow it
+        command = [*(command or [executable or os.path.join(os.path.dirname(sys.executable), "gunicorn"),
+                                 "-c", "python:gateway.gunicorn_conf"]), "--bind", f"127.0.0.1:{self.port}", *args]
         # A file, not a pipe: a long test's access log would fill a pipe and stall gunicorn.
         self.output = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **env},

@@ -161,7 +161,8 @@ def test_a_failing_key_fetch_is_not_repeated_for_every_forged_kid(app, signer):
         mock.get(CERTS, body=requests.ReadTimeout("slow"))
         forged = Signer(kid="forged").token()
         answers = [me(client, f"Bearer {forged}") for _ in range(10)]
-        assert [(a.status_code, a.json) for a in answers] == [(504, "code=504, message=authentication service timed out")] * 10
+        assert [(a.status_code, a.json) for a in answers] == [
+            (504, "code=504, message=authentication service timed out")] * 10
         assert len(mock.calls) == 1  # the failure is remembered for the re-fetch interval
         keys.refetch_interval = 0
         mock.replace(responses.GET, CERTS, json=signer.jwks)

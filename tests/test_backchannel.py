@@ -159,4 +159,4 @@ def test_the_attempt_is_audited_and_counted(client, realm, signer, caplog):
     assert events == [("backchannel logout", "success", "mock-user-id"),
                       ("backchannel logout", "invalid_logout_token", None)]
     metrics = client.get("/metrics").get_data(as_text=True)
-    assert 'edm_gateway_attempts_total{endpoint="backchannel.logout",outcome="success"}' in metrics
+    assert 'edm_gateway_attempts_total{endpoint="backchannel_logout",outcome="success"}' in metrics

@@ -5,6 +5,7 @@ tests/test_bff_chromium.py do the same against the real Keycloak."""
 
 import base64
 import hashlib
+import io
 import json
 import re
 import time
@@ -17,6 +18,7 @@ import responses
 from gateway import create_app
 from tests.bff import BFF_SECRET
 from tests.conftest import ISSUER, MOCK_URL, mock_config
+from tests.upstreams import KeepAliveUpstream
 
 REALM = f"{MOCK_URL}realms/edm/protocol/openid-connect"
 PUBLIC = "http://127.0.0.1:8000"
@@ -63,8 +65,8 @@ class MockRealm:
         body = {"access_token": access, "expires_in": self.expires_in, "refresh_expires_in": 1800,
                 "refresh_token": f"refresh-token-{self.count}", "token_type": "Bearer", "scope": "openid"}
         if nonce is not None:
-            claims = {"typ": "ID", "aud": "edmportal", "nonce": nonce, "at_hash": at_hash(access), "sid": "kc-session-1",
-                      "sub": sub, **self.id_claims}
+            claims = {"typ": "ID", "aud": "edmportal", "nonce": nonce, "at_hash": at_hash(access),
+                      "sid": "kc-session-1", "sub": sub, **self.id_claims}
             body["id_token"] = self.signer.token(**claims)
         return body
 
@@ -345,18 +347,24 @@ def test_anonymous_login_starts_store_nothing(client, app):
 def test_logout_of_a_session_keycloak_ended_already_succeeds(client, realm, signer):
     log_in(client, realm)
     with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
-        mock.post(f"{REALM}/logout", status=400, json={"error": "invalid_grant", "error_description": "Token is not active"})
+        mock.post(f"{REALM}/logout", status=400,
+                  json={"error": "invalid_grant", "error_description": "Token is not active"})
         answer = client.post("/bff/logout?sid=kc-session-1", headers=CSRF)
     assert answer.status_code == 200
 
 
-def test_an_expiring_access_token_is_refreshed_before_use(client, realm):
+def advance(app, seconds):
+    """Move the BFF sessions' clock on, instead of waiting for an access token to come due."""
+    app.extensions["bff_sessions"].clock = lambda: time.time() + seconds
+
+
+def test_an_expiring_access_token_is_refreshed_before_use(client, realm, app):
     realm.expires_in = 5  # a fifth of its life is the margin: 1 s
     log_in(client, realm)
     first = client.get("/bff/user", headers=CSRF)
     assert first.status_code == 200 and [g["grant_type"] for g in realm.grants] == ["authorization_code"]
     realm.expires_in = 300
-    time.sleep(4.1)
+    advance(app, 4.1)
     assert client.get("/bff/user", headers=CSRF).status_code == 200
     assert [g["grant_type"] for g in realm.grants] == ["authorization_code", "refresh_token"]
     assert realm.grants[-1]["refresh_token"] == "refresh-token-1"
@@ -365,10 +373,10 @@ def test_an_expiring_access_token_is_refreshed_before_use(client, realm):
     assert len(realm.grants) == 2  # the new token lives 300 s
 
 
-def test_a_session_whose_refresh_is_refused_is_ended(client, realm):
+def test_a_session_whose_refresh_is_refused_is_ended(client, realm, app):
     realm.expires_in = 5  # due for a refresh at once (margin: 1 s) after 4 s
     log_in(client, realm)
-    time.sleep(4.1)
+    advance(app, 4.1)
     realm.refusal = (400, {"error": "invalid_grant", "error_description": "Session not active"})
     cookie = client.get_cookie("__Host-edm-session").value
     answer = client.get("/bff/user", headers=CSRF)
@@ -415,6 +423,17 @@ def test_the_proxy_forwards_every_method(client, realm, echo_upstream, method):
     "/bff/api/echo/a%5Cb", "/bff/api/echo/a\\b", "/bff/api/echo//evil.example/x", "/bff/api/echo/a//b",
     "/bff/api/echo/http://evil.example/x", "/bff/api/echo/a%252Fb", "/bff/api/echo/a%00b", "/bff/api/echo/a%zzb",
     "/bff/api/echo/a b", "/bff/api%2Fecho/x", "/bff/api/echo%2F..%2F/x",
+    # a dot segment before a `;` (Tomcat, Jetty and Spring drop path parameters: `..;x` is `..` to them)
+    "/bff/api/echo/..;/admin", "/bff/api/echo/%2e%2e;/admin", "/bff/api/echo/.;/x", "/bff/api/echo/%2E%2E%3B/x",
+    "/bff/api/echo/a/..;/..;/x", "/bff/api/echo/..;jsessionid=1/x", "/bff/api/echo/.%2e;/x", "/bff/api/echo/%2e.;/x",
+    "/bff/api/echo/%2E.;a=b/x", "/bff/api/echo/..%3b/x", "/bff/api/echo/..;", "/bff/api/echo/.;",
+    "/bff/api/echo/..;;/x",
+    # an empty segment before a `;` (`/;/` is `//` once the parameter is dropped)
+    "/bff/api/echo/;/evil.example/x", "/bff/api/echo/a/;x=1/b", "/bff/api/echo/;", "/bff/api/echo/%3B/x",
+    # a dot or slash in another spelling: overlong UTF-8, a fullwidth or compatibility form (NFKC)
+    "/bff/api/echo/%c0%ae%c0%ae/x", "/bff/api/echo/%c0%af", "/bff/api/echo/%ef%bc%8e%ef%bc%8e/x",
+    "/bff/api/echo/%e2%80%a5/x", "/bff/api/echo/a%ef%bc%8fb", "/bff/api/echo/a%ef%bc%bcb", "/bff/api/echo/%ff/x",
+    "/bff/api/echo/%ef%bc%8e%ef%bc%8e%ef%bc%9b/x",
 ])
 def test_paths_that_could_leave_the_upstream_are_refused(client, realm, echo_upstream, path):
     log_in(client, realm)
@@ -424,11 +443,136 @@ def test_paths_that_could_leave_the_upstream_are_refused(client, realm, echo_ups
     assert len(echo_upstream.received) == before
 
 
+@pytest.mark.parametrize("path, forwarded", [
+    ("/bff/api/echo/items;v=2/x", "/base/items;v=2/x"), ("/bff/api/echo/a;b=..", "/base/a;b=.."),
+    ("/bff/api/echo/...;x/y", "/base/...;x/y"), ("/bff/api/echo/a.;/b", "/base/a.;/b"),
+    ("/bff/api/echo/caf%C3%A9/%E2%82%AC", "/base/caf%C3%A9/%E2%82%AC"), ("/bff/api/echo/x/", "/base/x/"),
+])
+def test_matrix_parameters_and_other_segments_pass_as_sent(client, realm, echo_upstream, path, forwarded):
+    log_in(client, realm)
+    answer = client.get(path, headers=CSRF)
+    assert (answer.status_code, answer.json["path"]) == (200, forwarded)
+
+
 @pytest.mark.parametrize("path", ["/bff/api/nowhere/x", "/bff/api/", "/bff/api/ECHO/x", "/bff/api/%65cho2/x"])
 def test_only_listed_upstreams_are_destinations(client, realm, path):
     log_in(client, realm)
     answer = client.get(path, headers=CSRF)
     assert (answer.status_code, answer.json) == (404, "code=404, message=unknown upstream")
+
+
+def chunked(client, method, path, body, **headers):
+    """A chunked request, as a server that ends the stream itself (gunicorn, werkzeug's) hands it over."""
+    return client.open(path, method=method, headers={**CSRF, "Transfer-Encoding": "chunked", **headers},
+                       environ_overrides={"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True})
+
+
+BODY_NOT_ALLOWED = (400, "code=400, message=body not allowed")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("framing", ["length", "chunked", "empty chunked", "length and chunked", "bad length"])
+def test_a_get_or_head_with_a_body_is_refused_before_anything_is_sent(client, realm, echo_upstream, method,
+                                                                       framing):
+    log_in(client, realm)
+    grants, before = len(realm.grants), len(echo_upstream.received)
+    smuggled = b"POST /base/notes HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n"
+    if framing == "length":
+        answer = client.open("/bff/api/echo/x", method=method, data=smuggled, headers=CSRF)
+    elif framing == "bad length":
+        answer = client.open("/bff/api/echo/x", method=method, headers=CSRF, environ_overrides={"CONTENT_LENGTH": "1x"})
+    else:
+        headers = {"Content-Length": str(len(smuggled))} if framing == "length and chunked" else {}
+        answer = chunked(client, method, "/bff/api/echo/x", b"" if framing == "empty chunked" else smuggled, **headers)
+    assert answer.status_code == 400
+    assert answer.get_data() == (b"" if method == "HEAD" else b'"code=400, message=body not allowed"\n')
+    assert (len(echo_upstream.received), len(realm.grants)) == (before, grants)
+
+
+def test_the_body_is_refused_before_the_session_is_looked_at(client, echo_upstream):
+    answer = client.get("/bff/api/echo/x", data=b"x", headers=CSRF)  # no session: still the body's refusal
+    assert (answer.status_code, answer.json) == BODY_NOT_ALLOWED
+
+
+@pytest.mark.parametrize("headers", [{}, {"Content-Length": "0"}, {"Content-Length": "000"}])
+def test_a_get_without_a_body_is_forwarded_without_one(client, realm, echo_upstream, headers):
+    log_in(client, realm)
+    answer = client.get("/bff/api/echo/x", headers={**CSRF, **headers})
+    assert (answer.status_code, answer.json["method"], answer.json["body"]) == (200, "GET", "")
+    assert "Content-Length" not in answer.json["headers"] and "Transfer-Encoding" not in answer.json["headers"]
+
+
+@pytest.mark.parametrize("method", ["DELETE", "OPTIONS"])
+def test_a_delete_or_options_body_is_sent_with_its_length_on_a_connection_closed_after(client, realm,
+                                                                                     echo_upstream, method):
+    log_in(client, realm)
+    answer = chunked(client, method, "/bff/api/echo/x", b"a body of no defined meaning")
+    seen = answer.json
+    assert (answer.status_code, seen["method"], seen["body"]) == (200, method, "a body of no defined meaning")
+    assert (seen["headers"]["Content-Length"], seen["headers"]["Connection"]) == ("28", "close")
+    plain = client.open("/bff/api/echo/x", method=method, headers=CSRF).json  # without a body: pooled as usual
+    assert "Connection" not in plain["headers"] and "Content-Length" not in plain["headers"]
+
+
+@pytest.fixture
+def keep_alive_upstream():
+    server = KeepAliveUpstream()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("method", ["DELETE", "OPTIONS"])
+def test_a_connection_that_carried_such_a_body_never_serves_another_request(tmp_path, realm, keep_alive_upstream,
+                                                                            method):
+    client = bff_app(tmp_path, GATEWAY_BFF_UPSTREAMS=f"up={keep_alive_upstream.url}").test_client()
+    log_in(client, realm)
+    assert [client.get(f"/bff/api/up/{i}", headers=CSRF).json["connection"] for i in range(2)] == [1, 1]  # pooled
+    answer = client.open("/bff/api/up/x", method=method, data=b"GET /notes HTTP/1.1\r\n\r\n", headers=CSRF)
+    assert (answer.status_code, answer.json["connection"]) == (200, 1)
+    # The next request goes on a new connection and gets its own answer; the upstream reads the body it left unread
+    # as a request of its own (here a harmless GET), whose answer reaches nobody.
+    assert client.get("/bff/api/up/y", headers=CSRF).json == {"method": "GET", "path": "/y", "connection": 2}
+    assert keep_alive_upstream.idle()
+    assert sorted((r["connection"], r["method"], r["path"]) for r in keep_alive_upstream.received) == sorted([
+        (1, "GET", "/0"), (1, "GET", "/1"), (1, method, "/x"), (1, "GET", "/notes"), (2, "GET", "/y")])
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_reaches_no_upstream(client, realm, echo_upstream):
+    log_in(client, realm)
+    before = len(echo_upstream.received)
+    answer = chunked(client, "POST", "/bff/api/echo/x", b"a" * 40000)
+    assert (answer.status_code, answer.json) == (413, "code=413, message=payload too large")
+    answer = chunked(client, "PUT", "/bff/api/echo/x", b"a" * 16385)
+    assert (answer.status_code, answer.json) == (413, "code=413, message=payload too large")
+    assert len(echo_upstream.received) == before
+
+
+def test_a_chunked_body_of_exactly_the_limit_is_forwarded_whole(client, realm, echo_upstream):
+    log_in(client, realm)
+    answer = chunked(client, "POST", "/bff/api/echo/x", b"a" * 16384)
+    assert (answer.status_code, len(answer.json["body"])) == (200, 16384)
+    assert answer.json["headers"]["Content-Length"] == "16384" and "Transfer-Encoding" not in answer.json["headers"]
+
+
+def test_an_upstreams_401_passes_through_and_the_session_goes_on(client, realm, echo_upstream):
+    log_in(client, realm)
+    answer = client.get("/bff/api/echo/admin?status=401", headers=CSRF)
+    assert (answer.status_code, answer.json["path"]) == (401, "/base/admin?status=401")  # the upstream's own body
+    assert "Set-Cookie" not in answer.headers
+    assert client.get("/bff/user", headers=CSRF).status_code == 200
+    assert client.get("/bff/api/echo/x", headers=CSRF).status_code == 200
+
+
+@pytest.mark.parametrize("method, path, location", [
+    ("GET", "/bff//user", "/bff/user?x=1"), ("GET", "//bff//login", "/bff/login?x=1"),
+    ("POST", "/bff//logout", "/bff/logout?x=1"), ("GET", "/bff//callback", "/bff/callback?x=1"),
+    ("GET", "//static//tester.js", "/static/tester.js?x=1"),
+])
+def test_bff_redirects_name_no_host_the_client_sent(tmp_path, method, path, location):
+    client = bff_app(tmp_path, GATEWAY_TESTER_PAGE="true").test_client()
+    answer = client.open("/", method=method, headers={"Host": "evil.example", **CSRF},
+                         environ_overrides={"PATH_INFO": path, "QUERY_STRING": "x=1"})
+    assert (answer.status_code, answer.headers["Location"], answer.data) == (308, location, b"")
 
 
 def test_an_upstream_that_is_down_slow_or_not_http(tmp_path, realm, silent_url, garbage_server):
@@ -468,7 +612,7 @@ def test_the_tester_page_offers_the_keycloak_login_in_bff_mode(client, tmp_path)
     assert b'<body data-bff="on">' not in create_app(mock_config()).test_client().get("/").data
 
 
-def test_audit_events_and_no_secret_in_any_line(client, realm, caplog):
+def test_audit_events_and_no_secret_in_any_line(client, realm, caplog, app):
     import logging
 
     from gateway.logs import JsonFormatter
@@ -480,7 +624,7 @@ def test_audit_events_and_no_secret_in_any_line(client, realm, caplog):
     code = realm.expect(location)
     client.get("/bff/callback", query_string={"state": query["state"][0], "code": code, "iss": ISSUER})
     cookie = client.get_cookie("__Host-edm-session").value
-    time.sleep(4.1)
+    advance(app, 4.1)
     client.post("/bff/api/echo/x?token=in-the-query", headers=CSRF, data="body")  # refreshed first
     client.post("/bff/logout?sid=kc-session-1", headers=CSRF)
     lines = [JsonFormatter().format(record) for record in caplog.records]

@@ -207,7 +207,8 @@ def wait_until_due(login_answer_time):
 def test_concurrent_calls_of_one_session_refresh_once_across_the_processes_of_a_host(
         bff_gateways, kc, short_lived_client, counting_keycloak, echo_upstream, tmp_path):
     client_id, secret = short_lived_client
-    settings = dict(upstreams=f"echo={echo_upstream.url}", runtime_dir=str(tmp_path), KEYCLOAK_URL=counting_keycloak.url,
+    settings = dict(upstreams=f"echo={echo_upstream.url}", runtime_dir=str(tmp_path),
+                    KEYCLOAK_URL=counting_keycloak.url,
                     KEYCLOAK_PUBLIC_URL=LIVE_URL, KEYCLOAK_CLIENT_ID=client_id, KEYCLOAK_CLIENT_SECRET=secret,
                     GATEWAY_WORKERS="2")
     first, second = bff_gateways(**settings), bff_gateways(**settings)  # one host: the same runtime directory

@@ -67,7 +67,8 @@ def cors_headers(response):
     ("https://xn--prtal-jua.example.org:8443", ("https://xn--prtal-jua.example.org:8443",)),
 ])
 def test_origins_are_written_as_browsers_send_them(value, origins):
-    assert load_settings(environ=hermetic(KEYCLOAK_CLIENT_SECRET="x", GATEWAY_CORS_ORIGINS=value)).cors_origins == origins
+    settings = load_settings(environ=hermetic(KEYCLOAK_CLIENT_SECRET="x", GATEWAY_CORS_ORIGINS=value))
+    assert settings.cors_origins == origins
 
 
 @pytest.mark.parametrize("value, message", [
@@ -210,7 +211,8 @@ def test_a_plain_options_request_is_flasks_own_answer(cors_client):
 
 
 def test_nothing_is_allowed_by_default(plain_client):
-    for response in (preflight(plain_client, "/api/login", PORTAL), plain_client.get("/nowhere", headers={"Origin": PORTAL}),
+    for response in (preflight(plain_client, "/api/login", PORTAL),
+                     plain_client.get("/nowhere", headers={"Origin": PORTAL}),
                      plain_client.post("/api/login", json={}, headers={"Origin": "null"})):
         assert cors_headers(response) == {}
         assert "Origin" not in response.vary  # nothing depends on the origin

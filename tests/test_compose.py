@@ -3,6 +3,7 @@ compose implementation, kept consistent with the local stack, and the Dockerfile
 
 import fnmatch
 import http.server
+import ipaddress
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from tests.compose_env import (
     resolve_defaults,
 )
 from tests.conftest import DEV_SECRET, ISSUER, KEYCLOAK_VERSION, ROOT, free_port
+from tests.topology import compose_addresses, keycloak_build_options, keycloak_image_version
 
 try:
     from dockerfile_parse import DockerfileParser
@@ -31,8 +33,15 @@ except ImportError:  # fail, never skip: CI must not pass without checking the i
     DockerfileParser = None
 
 FLAGS = (ROOT / "keycloak" / "flags").read_text().split()
-# What the compose network needs beyond the local stack's flags (scripts/keycloak.sh binds 127.0.0.1 instead).
-COMPOSE_ONLY_FLAGS = ["--http-host=0.0.0.0", "--hostname-backchannel-dynamic=true"]
+# What production mode on the compose network needs beyond the local stack's flags (scripts/keycloak.sh binds
+# 127.0.0.1 and runs start-dev instead): the database chosen at build time, plain HTTP, every interface, the
+# management port, back-channel calls at http://keycloak:8180/auth, and the cluster transport on Keycloak's own
+# address.
+COMPOSE_ONLY_FLAGS = ["--db=postgres", "--http-enabled=true", "--http-host=0.0.0.0", "--http-management-port=9000",
+                      "--hostname-backchannel-dynamic=true", "--cache-embedded-network-bind-address=10.89.26.20",
+                      "--cache-embedded-network-bind-port=7800"]
+# Forwarded headers are believed from the gateways only: loopback in the local stack, their fixed addresses here.
+COMPOSE_ADDRESSES = {"--proxy-trusted-addresses": "10.89.26.11,10.89.26.12"}
 REALM_FILE = ROOT / "keycloak" / "realm-edm.json"
 REALM_IMPORT_DIR = "/opt/keycloak/data/import/"
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -89,8 +98,24 @@ def test_compose_file_has_no_version_key(compose):
     assert "version" not in compose
 
 
-def test_keycloak_image_is_the_pinned_version(services):
-    assert services["keycloak"]["image"] == f"quay.io/keycloak/keycloak:{KEYCLOAK_VERSION}"
+KEYCLOAK_DOCKERFILE = ROOT / "keycloak" / "Dockerfile"
+
+
+def test_keycloak_image_is_the_official_pinned_version_optimised_by_kc_build(services):
+    assert services["keycloak"]["build"] == "keycloak" and "image" not in services["keycloak"]
+    assert keycloak_image_version(KEYCLOAK_DOCKERFILE) == KEYCLOAK_VERSION
+    parsed = DockerfileParser(path=str(KEYCLOAK_DOCKERFILE), cache_content=True) if DockerfileParser else None
+    if parsed is None:
+        pytest.fail(f"dockerfile-parse is not installed; {INSTALL_HINT}", pytrace=False)
+    froms = [item["value"] for item in parsed.structure if item["instruction"] == "FROM"]
+    assert froms == [f"quay.io/keycloak/keycloak:{KEYCLOAK_VERSION} AS builder",
+                     f"quay.io/keycloak/keycloak:{KEYCLOAK_VERSION}"]
+    (run,) = [item["value"] for item in parsed.structure if item["instruction"] == "RUN"]
+    assert json.loads(run)[:2] == ["/opt/keycloak/bin/kc.sh", "build"]
+    final = parsed.structure[[i for i, item in enumerate(parsed.structure) if item["instruction"] == "FROM"][-1]:]
+    assert [item["value"] for item in final if item["instruction"] == "COPY"] == [
+        "--from=builder /opt/keycloak/ /opt/keycloak/"]
+    assert [item["value"] for item in final if item["instruction"] == "ENTRYPOINT"] == ['["/opt/keycloak/bin/kc.sh"]']
 
 
 def keycloak_command(services):
@@ -98,12 +123,30 @@ def keycloak_command(services):
     return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
 
 
-def test_keycloak_command_is_start_dev_with_the_local_stacks_flags(services):
+def test_keycloak_runs_optimised_in_production_mode_with_the_local_stacks_flags(services):
     command = keycloak_command(services)
-    assert command[0] == "start-dev"
-    for flag in FLAGS:
-        assert flag in command[1:], f"{flag} of keycloak/flags is missing from the compose keycloak command"
-    assert sorted(command[1:]) == sorted(FLAGS + COMPOSE_ONLY_FLAGS)
+    assert command[:2] == ["start", "--optimized"]
+    build = keycloak_build_options(KEYCLOAK_DOCKERFILE)
+    assert {flag.split("=")[0] for flag in build} == {"--db", "--health-enabled", "--http-relative-path"}
+    assert not {flag.split("=")[0] for flag in build} & {flag.split("=")[0] for flag in command}
+    local = [f"{name}={COMPOSE_ADDRESSES[name]}" if name in COMPOSE_ADDRESSES else f"{name}{equals}{value}"
+             for name, equals, value in (flag.partition("=") for flag in FLAGS)]
+    assert set(COMPOSE_ADDRESSES) <= {flag.split("=")[0] for flag in FLAGS}
+    for flag in local:
+        assert flag in build + command[2:], f"{flag} of keycloak/flags is missing from compose's Keycloak"
+    assert sorted(build + command[2:]) == sorted(local + COMPOSE_ONLY_FLAGS)
+    assert "start-dev" not in command and "KC_DB" not in services["keycloak"]["environment"]
+
+
+def test_keycloak_believes_forwarded_headers_from_the_gateways_only(compose, services):
+    addresses = {flag.split("=")[0]: flag.split("=")[1] for flag in keycloak_command(services) if "=" in flag}
+    fixed = compose_addresses(compose)
+    assert addresses["--proxy-trusted-addresses"].split(",") == [fixed[replica] for replica in GATEWAY_REPLICAS]
+    assert addresses["--cache-embedded-network-bind-address"] == fixed["keycloak"]
+    assert sorted(fixed) == ["gateway-1", "gateway-2", "keycloak"]
+    (subnet,) = compose["networks"]["default"]["ipam"]["config"]
+    network = ipaddress.ip_network(subnet["subnet"])
+    assert all(ipaddress.ip_address(address) in network for address in fixed.values())
 
 
 def test_tokens_issuer_is_the_one_the_local_stack_expects(services):
@@ -168,12 +211,15 @@ def test_ports_are_published_on_loopback_only(services):
         for host_ip, _, _ in ports:
             assert host_ip == "127.0.0.1", f"{name} publishes a port beyond loopback: {services[name]['ports']}"
         assert "network_mode" not in services[name]
-    assert published == {"postgres": [], "keycloak": [("127.0.0.1", "8180", "8180")], "redis": [],
+    assert published == {"postgres": [], "keycloak": [("127.0.0.1", "8180", "8180")], "redis-primary": [],
+                         "redis-replica": [], "sentinel-1": [], "sentinel-2": [], "sentinel-3": [],
                          "gateway-1": [], "gateway-2": [], "proxy": [("127.0.0.1", "8000", "8000")]}
 
 
 @pytest.mark.parametrize("service, dependency", [
-    ("gateway-1", "keycloak"), ("gateway-2", "keycloak"), ("gateway-1", "redis"), ("gateway-2", "redis"),
+    ("gateway-1", "keycloak"), ("gateway-2", "keycloak"), ("gateway-1", "sentinel-1"), ("gateway-1", "sentinel-2"),
+    ("gateway-1", "sentinel-3"), ("gateway-2", "sentinel-1"), ("redis-replica", "redis-primary"),
+    ("sentinel-1", "redis-primary"), ("sentinel-2", "redis-primary"), ("sentinel-3", "redis-primary"),
     ("proxy", "gateway-1"), ("proxy", "gateway-2"), ("keycloak", "postgres")])
 def test_start_waits_for_healthy_dependencies(services, service, dependency):
     depends_on = services[service]["depends_on"]
@@ -204,9 +250,8 @@ def test_postgres_keeps_its_data_in_a_named_volume(compose, services):
     volume, target = postgres["volumes"][0].split(":")[:2]
     assert volume in compose["volumes"]
     assert target == "/var/lib/postgresql/data"
-    keycloak = services["keycloak"]["environment"]
-    assert keycloak["KC_DB"] == "postgres"
-    assert keycloak["KC_DB_URL"].startswith("jdbc:postgresql://postgres:5432/")
+    assert "--db=postgres" in keycloak_build_options(KEYCLOAK_DOCKERFILE)
+    assert services["keycloak"]["environment"]["KC_DB_URL"].startswith("jdbc:postgresql://postgres:5432/")
 
 
 class Answer(http.server.BaseHTTPRequestHandler):
@@ -271,19 +316,48 @@ def test_keycloak_health_check_needs_no_curl(services):
 def test_the_gateway_replicas_are_configured_alike_and_share_one_redis_behind_one_trusted_proxy(services):
     first, second = (gateway_environment(replica=replica) for replica in GATEWAY_REPLICAS)
     assert first == second
-    assert services[GATEWAY_REPLICAS[0]] == services[GATEWAY_REPLICAS[1]]
+    without_address = [{k: v for k, v in services[replica].items() if k != "networks"} for replica in GATEWAY_REPLICAS]
+    assert without_address[0] == without_address[1]
     settings = load_settings(environ=first)
-    assert settings.redis_url == "redis://redis:6379/0"
+    assert settings.redis_url == "redis+sentinel://sentinel-1:26379,sentinel-2:26379,sentinel-3:26379/edm/0"
+    service = re.search(r"^sentinel monitor (\S+) ", (ROOT / "redis" / "sentinel.conf").read_text(), re.M).group(1)
+    assert settings.redis_url.split("/")[-2] == service
     assert settings.trusted_proxies == 1  # nginx, and nothing else, stands between the clients and the gateways
     assert (settings.limit_per_username, settings.limit_per_address) == ("10/minute", "100/minute")
 
 
-def test_redis_is_a_pinned_official_image_that_keeps_nothing_on_disk(services):
-    redis = services["redis"]
-    assert re.fullmatch(r"redis:\d+\.\d+(\.\d+)?", redis["image"]), "pin the redis image to major.minor"
-    assert redis["command"] == ["redis-server", "--save", "", "--appendonly", "no"]
-    assert "volumes" not in redis and "ports" not in redis
-    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+REDIS_SERVICES = ("redis-primary", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3")
+
+
+def test_redis_is_one_pinned_official_image_for_the_primary_its_replica_and_three_sentinels(services):
+    images = {services[name]["image"] for name in REDIS_SERVICES}
+    assert len(images) == 1 and re.fullmatch(r"redis:\d+\.\d+(\.\d+)?", images.pop()), "pin redis to major.minor"
+    primary, replica = services["redis-primary"], services["redis-replica"]
+    assert primary["command"] == ["redis-server", "--port", "6379", "--save", "", "--appendonly", "no"]
+    assert replica["command"] == primary["command"] + ["--replicaof", "redis-primary", "6379"]
+    # a primary restarted empty would wipe its replica: Sentinel promotes the replica instead
+    assert "restart" not in primary and replica["restart"] == "unless-stopped"
+    for name in ("redis-primary", "redis-replica"):
+        assert "volumes" not in services[name] and "ports" not in services[name]
+        assert services[name]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+
+
+def test_three_sentinels_start_from_copies_of_one_file_that_monitors_the_primary_with_a_quorum_of_two(services):
+    sentinels = [services[f"sentinel-{n}"] for n in (1, 2, 3)]
+    assert sentinels[0] == sentinels[1] == sentinels[2]
+    sentinel = sentinels[0]
+    assert sentinel["command"] == ["redis-server", "/data/sentinel.conf", "--sentinel", "--port", "26379"]
+    assert sentinel["volumes"] == ["./redis/sentinel.conf:/etc/redis/sentinel.conf:ro"]
+    # compose turns `$$@` into `$@`: the copy is made, then the image's own entrypoint runs the command
+    assert sentinel["entrypoint"][:2] == ["sh", "-c"]
+    assert sentinel["entrypoint"][2] == (
+        'cp /etc/redis/sentinel.conf /data/sentinel.conf && exec docker-entrypoint.sh "$$@"')
+    assert sentinel["healthcheck"]["test"] == ["CMD", "redis-cli", "-p", "26379", "ping"]
+    lines = [line for line in (ROOT / "redis" / "sentinel.conf").read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert lines == ["sentinel monitor edm redis-primary 6379 2", "sentinel resolve-hostnames yes",
+                     "sentinel down-after-milliseconds edm 5000", "sentinel failover-timeout edm 30000",
+                     "sentinel parallel-syncs edm 1"]
 
 
 NGINX_CONF = ROOT / "nginx" / "gateway.conf"
@@ -317,6 +391,10 @@ def test_nginx_sends_to_both_replicas_and_sets_the_forwarded_for_itself(nginx):
     (upstream,) = directives(nginx, "upstream")
     servers = [d["args"][0] for d in directives(upstream["block"], "server")]
     assert servers == [f"{replica}:8000" for replica in GATEWAY_REPLICAS]
+    # an idle connection reused as its replica stops would fail a POST (tests/test_topology.py)
+    assert directives(upstream["block"], "keepalive") == []
+    # nginx's workers share which replica failed (a restarted one is back for all of them at once)
+    assert [d["args"] for d in directives(upstream["block"], "zone")] == [["gateways", "64k"]]
     (server,) = directives(nginx, "server")
     assert directives(server["block"], "listen")[0]["args"] == ["8000"]  # the port compose publishes
     (location,) = [d for d in directives(server["block"], "location") if d["args"] == ["/"]]
@@ -409,7 +487,7 @@ def test_dockerignore_keeps_out_the_noise_but_not_what_the_image_copies(dockerfi
         assert any(fnmatch.fnmatch(kept_out, p.removeprefix("**/")) for p in patterns), kept_out
     sources = [part.rstrip("/") for value in instructions(dockerfile.structure, "COPY")
                if not value.startswith("--from") for part in value.split()[:-1]]
-    assert "README.md" in sources  # setup.cfg reads it as the long description
+    assert "README.md" in sources  # pyproject.toml reads it as the long description
     for source in sources:
         assert (ROOT / source).exists(), source
         excluded = [p for p in patterns if fnmatch.fnmatch(source, p.removeprefix("**/"))]

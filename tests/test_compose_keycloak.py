@@ -1,6 +1,6 @@
 """The gateway configured exactly as docker-compose.yml configures it, run against the local stack: the compose
 configuration is exercised even where compose cannot run. Only the network names change: `keycloak` becomes this
-host, which keeps the URL the gateway calls different from the public one in the tokens' issuer, and `redis` a
+host, which keeps the URL the gateway calls different from the public one in the tokens' issuer, and `redis-primary` a
 private Redis of the test."""
 
 import json
@@ -18,7 +18,7 @@ def compose_gateway(kc, redis_url):
     env = gateway_environment()
     assert env["KEYCLOAK_URL"] == "http://keycloak:8180/auth/"
     env["KEYCLOAK_URL"] = "http://127.0.0.1:8180/auth/"
-    assert env["GATEWAY_REDIS_URL"] == "redis://redis:6379/0"
+    assert env["GATEWAY_REDIS_URL"] == "redis+sentinel://sentinel-1:26379,sentinel-2:26379,sentinel-3:26379/edm/0"
     env["GATEWAY_REDIS_URL"] = redis_url
     assert env["KEYCLOAK_URL"] != env["KEYCLOAK_PUBLIC_URL"] == "http://localhost:8180/auth/"
     server = Gunicorn(env).wait_ready()

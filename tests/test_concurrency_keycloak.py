@@ -80,7 +80,7 @@ def test_upstream_fact_keycloak_alone_refuses_overlapping_grants(kc):
             rounds += 1
             start = threading.Barrier(len(sessions))
 
-            def grant(session):
+            def grant(session, start=start):
                 start.wait(10)
                 return session.post(TOKEN_URL, data=form, timeout=30)
 

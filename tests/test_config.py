@@ -1,5 +1,6 @@
 """Configuration is typed and checked at start: a bad setting stops the gateway with the variable's name."""
 
+import dataclasses
 import json
 import os
 import re
@@ -11,7 +12,7 @@ import pytest
 import requests
 
 from gateway import create_app
-from gateway.config import VARIABLES, ConfigError, load_settings
+from gateway.config import NAMES, VARIABLES, ConfigError, Settings, load_settings
 from tests.conftest import LOGGED, ROOT, Gunicorn, free_port, mock_config
 
 BASE = {"KEYCLOAK_CLIENT_SECRET": "s3cret"}
@@ -127,6 +128,20 @@ def test_the_client_secret_is_not_in_the_settings_repr():
     assert "s3cret-value-42" not in str(create_app(mock_config(KEYCLOAK_CLIENT_SECRET="s3cret-value-42")).config)
 
 
+def test_every_secret_and_every_url_that_may_carry_a_password_stays_out_of_the_repr():
+    s = load_settings(environ={
+        "KEYCLOAK_CLIENT_SECRET": "client-secret-1", "GATEWAY_BFF": "true", "GATEWAY_SESSION_SECRET": "session-" * 4,
+        "GATEWAY_REDIS_URL": "redis://:redis-pw-2@cache:6379/0", "HTTPS_PROXY": "http://u:https-pw-3@proxy:3128",
+        "HTTP_PROXY": "http://u:http-pw-4@proxy:3128", "ALL_PROXY": "http://u:all-pw-5@proxy:3128"})
+    assert [secret for secret in ("client-secret-1", "session-", "redis-pw-2", "https-pw-3", "http-pw-4", "all-pw-5")
+            if secret in repr(s)] == []
+
+
+def test_the_settings_have_no_defaults_of_their_own_the_table_has_them():
+    assert [f.name for f in dataclasses.fields(Settings) if f.default is not dataclasses.MISSING] == []
+    assert {f.name for f in dataclasses.fields(Settings)} == {attribute for attribute, _, _ in VARIABLES.values()}
+
+
 def test_proxies_lower_case_wins_as_in_requests():
     s = load_settings(environ={**BASE, "HTTPS_PROXY": "http://upper:1", "https_proxy": "http://lower:2",
                                "HTTP_PROXY": "http://plain:3"})
@@ -153,9 +168,43 @@ def test_the_gateway_reads_no_environment_variable_outside_config():
     assert {name for name, text in sources.items() if re.search(reads, text)} == set()
 
 
-def test_the_readme_lists_every_variable_the_gateway_reads():
-    readme = (ROOT / "README.md").read_text()
-    assert [name for name in VARIABLES if f"`{name}`" not in readme] == []
+# The document that lists every variable, and the heading of the part of it that does (None: all of it).
+CONFIGURATION_DOCUMENT = (ROOT / "README.md", "## Configuration")
+_NAMES_CELL = re.compile(r"`[A-Za-z_][A-Za-z0-9_]*`(\s*[,/]\s*`[A-Za-z_][A-Za-z0-9_]*`)*")
+
+
+def documented_variables():
+    """{variable: (meaning, default) as the configuration document's tables write them}."""
+    path, heading = CONFIGURATION_DOCUMENT
+    text = path.read_text()
+    if heading is not None:
+        level = heading.split()[0]
+        text = text.split(f"\n{heading}\n", 1)[1]
+        text = re.split(rf"\n{level} ", text, maxsplit=1)[0]  # up to the next heading of the same level
+    documented = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 3 and _NAMES_CELL.fullmatch(cells[0]):
+            for name in re.findall(r"`([^`]+)`", cells[0]):
+                documented[name] = (cells[1], cells[2])
+    return documented
+
+
+def test_the_configuration_document_lists_every_variable_the_gateway_reads_and_no_other():
+    documented = documented_variables()
+    assert len(documented) > 30, "the document's tables were not found: this test would prove nothing"
+    assert sorted(set(NAMES) - set(documented)) == []  # read, not documented
+    assert sorted(set(documented) - set(NAMES)) == []  # documented, not read
+
+
+def test_the_configuration_document_gives_the_defaults_the_gateway_has():
+    documented = documented_variables()
+    for name, (_, _, default) in VARIABLES.items():
+        meaning, written = documented[name]
+        if default is None:
+            assert "required" in meaning, name
+        elif default:
+            assert re.findall(r"`([^`]*)`", written)[:1] == [default], (name, written)
 
 
 BFF = {**BASE, "GATEWAY_BFF": "true", "GATEWAY_SESSION_SECRET": "s" * 32}
@@ -214,7 +263,8 @@ def test_public_urls_where_browsers_keep_a_secure_cookie(url):
 
 
 def test_gunicorn_refuses_bff_mode_without_a_session_secret():
-    done = subprocess.run([sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "-c", "python:gateway.gunicorn_conf"],
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "-c",
+                           "python:gateway.gunicorn_conf"],
                           cwd=ROOT, env={"PATH": "/usr/bin:/bin", "KEYCLOAK_CLIENT_SECRET": "x", "GATEWAY_BFF": "true"},
                           capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
@@ -306,7 +356,7 @@ def test_outside_the_checkout_the_metrics_are_summed_over_the_workers(tmp_path):
             if len(set(answers)) == 2:
                 break
         assert len(set(answers)) == 2
-        counts = [float(re.search(r'^edm_gateway_request_duration_seconds_count\{endpoint="ops.healthz",'
+        counts = [float(re.search(r'^edm_gateway_request_duration_seconds_count\{endpoint="ops_healthz",'
                                   r'method="GET",status="200"\} (\S+)$',
                                   requests.get(server.url + "/metrics", timeout=10).text, re.M).group(1))
                   for _ in range(4)]

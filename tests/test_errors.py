@@ -42,6 +42,7 @@ GATEWAY_ERRORS = [
     (errors.InvalidSessionId, 400, "code=400, message=invalid session id"),
     (errors.UnknownUpstream, 404, "code=404, message=unknown upstream"),
     (errors.InvalidUpstreamPath, 400, "code=400, message=invalid upstream path"),
+    (errors.BodyNotAllowed, 400, "code=400, message=body not allowed"),
     # session integrity (the back-channel logout renders its own refusal, tests/test_backchannel.py)
     (errors.InvalidLogoutToken, 400, "code=400, message=invalid logout token"),
     (errors.SessionNotFound, 404, "code=404, message=session not found"),
@@ -184,3 +185,23 @@ def test_the_readme_explains_every_outcome():
     outcomes = {c.outcome for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.GatewayError)}
     readme = (ROOT / "README.md").read_text()
     assert sorted(o for o in outcomes if f"`{o}`" not in readme) == []
+
+
+@pytest.mark.parametrize("method, path, location", [
+    ("GET", "//api//me", "/api/me?x=1"), ("GET", "/api//me", "/api/me?x=1"), ("POST", "/api//login", "/api/login?x=1"),
+    ("POST", "//api//refresh", "/api/refresh?x=1"), ("POST", "/api//logout", "/api/logout?x=1"),
+    ("POST", "/users//login//", "/users/login/?x=1"), ("POST", "/users/refresh///", "/users/refresh/?x=1"),
+    ("POST", "//users//verify//", "/users/verify/?x=1"),
+])
+def test_routing_redirects_name_no_host_the_client_sent(client, method, path, location):
+    """werkzeug's redirects (slashes merged, a trailing slash added): a path of this gateway, whatever `Host` said."""
+    answer = client.open("/", method=method, headers={"Host": "evil.example"},
+                         environ_overrides={"PATH_INFO": path, "QUERY_STRING": "x=1"})
+    assert (answer.status_code, answer.headers["Location"], answer.data) == (308, location, b"")
+    assert "Content-Type" not in answer.headers
+
+
+def test_a_redirect_keeps_the_path_the_gateway_is_mounted_at(client):
+    answer = client.get("/", headers={"Host": "evil.example"},
+                        environ_overrides={"SCRIPT_NAME": "/auth-gw", "PATH_INFO": "/api//me"})
+    assert (answer.status_code, answer.headers["Location"]) == (308, "/auth-gw/api/me")

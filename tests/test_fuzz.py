@@ -40,7 +40,8 @@ EDM_ANSWERS = {
 }
 TOO_MANY = (429, EDM.format(429, "too many login attempts"))
 DRF_FIELDS = {"/users/login/": ("username", "password"), "/users/refresh/": ("refresh",), "/users/verify/": ("token",)}
-EDM_FIELDS = {"/api/login": ("username", "password"), "/api/refresh": ("refreshToken",), "/api/logout": ("refreshToken",)}
+EDM_FIELDS = {"/api/login": ("username", "password"), "/api/refresh": ("refreshToken",),
+              "/api/logout": ("refreshToken",)}
 
 
 def fuzzed():
@@ -90,7 +91,9 @@ json_values = st.recursive(
 field_values = (st.text(max_size=300) | st.text(alphabet="abcXYZ019", min_size=1, max_size=260)
                 | st.text(min_size=8, max_size=1100) | json_values)
 charsets = st.sampled_from(["", "; charset=utf-8", "; charset=latin-1", "; charset=utf-16", "; charset=nonsense",
-                            "; charset="])
+                            "; charset=", "; charset=rot13", "; charset=base64", "; charset=zlib", "; charset=bz2",
+                            "; charset=hex", "; charset=uu", "; charset=undefined", "; charset=punycode",
+                            "; charset=unicode_escape", "; charset=utf-7"])
 
 
 # Values that pass validation, so that the requests also reach the (mocked) realm.
@@ -124,7 +127,8 @@ def bodies(draw, fields):
         return b"", draw(st.sampled_from(["", "application/json", "text/plain"]))
     return draw(st.binary(max_size=400)), draw(st.sampled_from(
         ["application/json", "text/plain", "application/xml", "application/x-www-form-urlencoded",
-         "multipart/form-data", "multipart/form-data; boundary=xyz", "", "application/json; charset=utf-8"]))
+         "multipart/form-data", "multipart/form-data; boundary=xyz", "", "application/json; charset=utf-8",
+         "application/x-www-form-urlencoded; charset=bz2", "multipart/form-data; boundary=xyz; charset=rot13"]))
 
 
 def send(client, path, body, content_type, headers=None):
@@ -165,7 +169,8 @@ def check_drf(path, response, limits):
     if status == 400:
         if "detail" in body:
             assert set(body) == {"detail"} and re.fullmatch(
-                r"JSON parse error - .+|Multipart form parse error - Invalid boundary in multipart: None",
+                r"JSON parse error - .+|Multipart form parse error - Invalid boundary in multipart: None"
+                r'|Unsupported charset "[^"]+" in request Content-Type header\.',
                 body["detail"], re.S), body
         else:
             assert set(body) <= set(DRF_FIELDS[path]) | {"non_field_errors"}, body

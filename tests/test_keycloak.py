@@ -69,8 +69,10 @@ def test_success_body_in_documented_order(client, upstream, signer):
 @pytest.mark.parametrize("kc_status", [401, 400], ids=["keycloak<=26.5", "keycloak>=26.6"])
 @pytest.mark.parametrize("users, brute_force, body", [
     ([], None, "code=404, message=username not found"),
-    ([{"id": "u-1", "username": "ahmadakbar"}], {"disabled": False, "numFailures": 1}, "code=400, message=wrong password"),
-    ([{"id": "u-1", "username": "ahmadakbar"}], {"disabled": True, "numFailures": 2}, "code=403, message=account temporarily locked"),
+    ([{"id": "u-1", "username": "ahmadakbar"}], {"disabled": False, "numFailures": 1},
+     "code=400, message=wrong password"),
+    ([{"id": "u-1", "username": "ahmadakbar"}], {"disabled": True, "numFailures": 2},
+     "code=403, message=account temporarily locked"),
 ])
 def test_invalid_credentials_are_told_apart_by_one_look_up(client, upstream, kc_status, users, brute_force, body):
     grant_answers(upstream, **invalid_grant(kc_status, "Invalid user credentials"))
@@ -101,7 +103,8 @@ def test_service_account_token_is_cached_between_look_ups(client, upstream):
     ({"status": 401, "json": {"error": "invalid_request", "error_description": "Missing parameter: username"}},
      502, "code=502, message=authentication service error"),
     (invalid_grant(400, "Something Keycloak has never said"), 502, "code=502, message=authentication service error"),
-    ({"status": 500, "body": "<html>Internal Server Error</html>"}, 502, "code=502, message=authentication service error"),
+    ({"status": 500, "body": "<html>Internal Server Error</html>"}, 502,
+     "code=502, message=authentication service error"),
     ({"status": 200, "body": "<html>not json</html>"}, 502, "code=502, message=authentication service error"),
     ({"status": 200, "json": ["not", "an", "object"]}, 502, "code=502, message=authentication service error"),
     ({"status": 200, "json": {"token_type": "Bearer"}}, 502, "code=502, message=authentication service error"),
@@ -211,6 +214,11 @@ def test_an_overlong_token_is_refused_as_invalid_request(client, upstream, path,
     ({"status": 401, "json": {"error": "unauthorized_client"}}, 502, "code=502, message=authentication service error"),
     ({"body": requests.ConnectionError("refused")}, 503, "code=503, message=authentication service unavailable"),
     ({"body": requests.ReadTimeout("slow")}, 504, "code=504, message=authentication service timed out"),
+    # a Keycloak that is starting answers 503; a proxy in front of it 502 or 504
+    ({"status": 503, "body": "<html>starting</html>"}, 503, "code=503, message=authentication service unavailable"),
+    ({"status": 502, "body": "Bad Gateway"}, 503, "code=503, message=authentication service unavailable"),
+    ({"status": 504, "body": ""}, 504, "code=504, message=authentication service timed out"),
+    ({"status": 500, "body": "<html>oops</html>"}, 502, "code=502, message=authentication service error"),
 ])
 @pytest.mark.parametrize("path, url", [("/api/refresh", TOKEN), ("/api/logout", LOGOUT)])
 def test_refresh_and_logout_upstream_failures(client, upstream, path, url, answer, status, body):

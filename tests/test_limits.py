@@ -177,7 +177,8 @@ def test_a_store_that_cannot_be_reached_answers_503_never_skips(keycloak, dead_r
     answer = drf_login(client)
     assert (answer.status_code, answer.json) == (503, {"detail": "Authentication service unavailable."})
     assert grants(keycloak) == 0
-    assert client.get("/readyz").json == "code=503, message=redis, keycloak unavailable"  # the mocked realm has no metadata
+    # the mocked realm has no metadata
+    assert client.get("/readyz").json == "code=503, message=redis, keycloak unavailable"
     assert client.get("/healthz").status_code == 200
 
 
@@ -191,6 +192,7 @@ def test_limits_in_redis_are_shared_by_every_app_using_it(keycloak, redis_url):
 def test_a_store_failure_while_charging_a_failed_login_is_the_503(keycloak, redis_url, monkeypatch):
     """Flask-Limiter charges a failure after the view answered: Redis failing right then is still the store's 503."""
     from limits.errors import StorageError
+
     from redis import ConnectionError
 
     app = limited_app(GATEWAY_REDIS_URL=redis_url, GATEWAY_LIMIT_PER_ADDRESS="off")  # the only charge comes after

@@ -72,7 +72,7 @@ def test_a_browser_keeps_its_last_three_logins_and_each_finishes_once(store):
 def test_the_longest_return_urls_of_three_tabs_fit_in_one_cookie(store):
     logins = Logins(store, SECRET)
     cookie = None
-    for tab in range(3):
+    for _ in range(3):
         cookie, _ = logins.begin(cookie, "/" + "a" * 511)
     assert len("__Host-edm-login=" + cookie) < 4000
 
@@ -97,4 +97,5 @@ def test_a_cookie_of_another_secret_holds_no_login_and_the_previous_secret_is_re
 
 def test_the_pkce_challenge_is_rfc_7636s():
     # RFC 7636, appendix B
-    assert code_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk") == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    assert code_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk") == (
+        "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM")

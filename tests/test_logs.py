@@ -69,7 +69,8 @@ def test_the_app_logs_through_the_json_handler(app, capsys):
     app.test_client().get("/healthz", headers={"X-Request-ID": "probe-1"})
     lines = [json.loads(text) for text in capsys.readouterr().out.splitlines() if text.startswith("{")]
     request = [entry for entry in lines if entry["logger"] == "gateway.request"]
-    assert [(entry["request_id"], entry["path"], entry["status"]) for entry in request] == [("probe-1", "/healthz", 200)]
+    assert [(entry["request_id"], entry["path"], entry["status"]) for entry in request] == [
+        ("probe-1", "/healthz", 200)]
 
 
 def test_the_suite_wide_check_finds_what_it_looks_for(logged_lines):

@@ -55,13 +55,13 @@ def test_a_scripted_sequence_of_logins_counted_over_both_workers(gateway, kc):
     log = [json.loads(line) for line in gateway.stop().splitlines() if line.startswith("{")]
 
     assert series(text, "edm_gateway_attempts_total") == {
-        (("endpoint", "api.login"), ("outcome", outcome)): 4.0 for outcome in OUTCOMES}
+        (("endpoint", "api_login"), ("outcome", outcome)): 4.0 for outcome in OUTCOMES}
     assert series(text, "edm_gateway_request_duration_seconds_count")[
-        (("endpoint", "api.login"), ("method", "POST"), ("status", "400"))] == 16.0
+        (("endpoint", "api_login"), ("method", "POST"), ("status", "400"))] == 16.0
     grants = series(text, "edm_gateway_upstream_duration_seconds_count")
-    assert grants[(("operation", "password grant"), ("result", "ok"))] == 4.0
-    assert grants[(("operation", "password grant"), ("result", "refused"))] == 12.0  # wrong, unknown, locked
-    assert grants[(("operation", "user look-up"), ("result", "ok"))] == 12.0
+    assert grants[(("operation", "password_grant"), ("result", "ok"))] == 4.0
+    assert grants[(("operation", "password_grant"), ("result", "refused"))] == 12.0  # wrong, unknown, locked
+    assert grants[(("operation", "user_look_up"), ("result", "ok"))] == 12.0
 
     audit = [entry for entry in log if entry["logger"] == "gateway.audit"]
     assert len({entry["pid"] for entry in audit}) == 2  # both workers answered, and /metrics summed them
@@ -135,7 +135,7 @@ def test_a_metric_never_tells_more_than_the_answer(hiding_gateway, kc):
     text = requests.get(hiding_gateway.url + "/metrics", timeout=10).text
     log = [json.loads(line) for line in hiding_gateway.stop().splitlines() if line.startswith("{")]
 
-    endpoints = {"users": "simplejwt.login", "api": "api.login"}
+    endpoints = {"users": "simplejwt_login", "api": "api_login"}
     assert series(text, "edm_gateway_attempts_total") == {
         (("endpoint", endpoints[prefix]), ("outcome", outcome)): count
         for prefix in paths for outcome, count in (("invalid_credentials", 5.0), ("success", 1.0))}

@@ -80,4 +80,4 @@ def test_everything_else_goes_through_and_the_scraper_reads_the_gateway_itself(n
     assert ask(nginx, "GET", "/nowhere") == (404, "application/json", NOT_FOUND)
     status, content_type, text = ask(gateway.port, "GET", "/metrics")
     assert (status, content_type.split(";")[0]) == (200, "text/plain")
-    assert 'edm_gateway_request_duration_seconds_count{endpoint="ops.healthz",method="GET",status="200"}' in text
+    assert 'edm_gateway_request_duration_seconds_count{endpoint="ops_healthz",method="GET",status="200"}' in text

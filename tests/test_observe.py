@@ -11,6 +11,7 @@ from gateway.logs import JsonFormatter
 from tests.test_keycloak import CERTS, grant_answers, invalid_grant, look_up_answers
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 @pytest.fixture
@@ -82,9 +83,10 @@ def test_audit_of_a_wrong_password(client, upstream, lines):
     grant_answers(upstream, **invalid_grant(400, "Invalid user credentials"))
     look_up_answers(upstream, [{"id": "u-1", "username": "ahmadakbar"}], {"disabled": False})
     client.post("/api/login", json={"username": "ahmadakbar", "password": "password1"},
-                headers={"X-Request-ID": "a-1"})
+                headers={"X-Request-ID": "a-1", "traceparent": TRACEPARENT})
     assert audit(lines) == [{
-        "message": "audit", "request_id": "a-1", "event": "login", "endpoint": "api.login", "username": "ahmadakbar",
+        "message": "audit", "request_id": "a-1", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "event": "login",
+        "endpoint": "api.login", "username": "ahmadakbar",
         "user_id": None, "client": "127.0.0.1", "outcome": "wrong_password",
         "reason": "password grant: HTTP 400 invalid_grant: Invalid user credentials"}]
 
@@ -94,9 +96,10 @@ def test_audit_of_a_success_names_the_user_from_the_verified_token(client, upstr
                                   "refresh_token": "r", "expires_in": 300})
     upstream.get(CERTS, json=signer.jwks)
     client.post("/api/login", json={"username": "ahmadakbar", "password": "password1"},
-                headers={"X-Request-ID": "a-2"})
+                headers={"X-Request-ID": "a-2", "traceparent": TRACEPARENT})
     assert audit(lines) == [{
-        "message": "audit", "request_id": "a-2", "event": "login", "endpoint": "api.login", "username": "ahmadakbar",
+        "message": "audit", "request_id": "a-2", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "event": "login",
+        "endpoint": "api.login", "username": "ahmadakbar",
         "user_id": "u-42", "client": "127.0.0.1", "outcome": "success", "reason": None}]
 
 

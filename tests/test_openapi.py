@@ -72,6 +72,10 @@ def test_bff_mode_is_documented_when_it_is_on(tmp_path):
     assert document["components"]["securitySchemes"]["bffSession"] == {
         "type": "apiKey", "in": "cookie", "name": "__Host-edm-session"}
     api = document["paths"]["/bff/api/{name}/{path}"]["get"]["responses"]
+    assert api["400"]["content"]["application/json"]["schema"]["enum"] == [
+        "code=400, message=body not allowed", "code=400, message=invalid upstream path"]
+    posted = document["paths"]["/bff/api/{name}/{path}"]["post"]["responses"]
+    assert posted["400"]["content"]["application/json"]["schema"]["enum"] == ["code=400, message=invalid upstream path"]
     assert api["503"]["content"]["application/json"]["schema"]["enum"] == [
         "code=503, message=authentication service unavailable", "code=503, message=upstream service unavailable"]
 

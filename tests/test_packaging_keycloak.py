@@ -1,7 +1,11 @@
-"""`pip install .` into an empty virtualenv gives a gateway that starts under gunicorn and logs in."""
+"""`pip install .` into an empty virtualenv gives the `edm-gateway` command, which checks the configuration, prints
+the API document and starts a gateway under gunicorn that logs in, all from outside the checkout."""
 
+import json
+import shutil
 import subprocess
 import time
+import tomllib
 import venv
 from pathlib import Path
 
@@ -9,20 +13,48 @@ import requests
 
 from tests.conftest import DEV_SECRET, LIVE_URL, ROOT, Gunicorn
 
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def source_tree(target):
+    """The checkout's files but the ignored ones, copied to `target`: a build/ left in the checkout by an earlier
+    build would otherwise ship modules that are gone."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, target / name)
+    return target
+
 
 def test_pip_install_into_an_empty_virtualenv(tmp_path, kc):
     venv.create(tmp_path / "venv", with_pip=True)
-    python = tmp_path / "venv" / "bin" / "python"
-    subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(ROOT)], check=True,
-                   timeout=600)
-    site = subprocess.run([python, "-c", "import gateway; print(gateway.__file__)"], capture_output=True,
+    bin_dir = tmp_path / "venv" / "bin"
+    source = source_tree(tmp_path / "source")
+    subprocess.run([bin_dir / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check", str(source)],
+                   check=True, timeout=600)
+    site = subprocess.run([bin_dir / "python", "-c", "import gateway; print(gateway.__file__)"], capture_output=True,
                           text=True, check=True, cwd=tmp_path).stdout
-    assert str(tmp_path) in site  # the installed copy, not the checkout
+    assert str(tmp_path / "venv") in site  # the installed copy, not the checkout
+
+    def edm_gateway(*args, **env):
+        return subprocess.run([bin_dir / "edm-gateway", *args], cwd=tmp_path, env={"PATH": "/usr/bin:/bin", **env},
+                              capture_output=True, text=True, timeout=60)
+
+    assert edm_gateway("--version").stdout == f"edm-gateway {VERSION}\n"
+    refused = edm_gateway("check-config")
+    assert (refused.returncode, refused.stderr) == (
+        1, "edm-gateway: configuration error: KEYCLOAK_CLIENT_SECRET is required but not set\n")
+    assert edm_gateway("check-config", KEYCLOAK_CLIENT_SECRET="x").returncode == 0
+    document = json.loads(edm_gateway("openapi").stdout)
+    assert document["info"]["version"] == VERSION and "/bff/login" in document["paths"]
+
     # Started outside the checkout: neither the source tree nor its gunicorn.conf.py is there, only the package's
-    # own settings (`-c python:gateway.gunicorn_conf`), which take GATEWAY_WORKERS from the environment.
+    # own settings, which take GATEWAY_WORKERS from the environment.
     server = Gunicorn({"KEYCLOAK_URL": LIVE_URL, "KEYCLOAK_CLIENT_SECRET": DEV_SECRET, "GATEWAY_WORKERS": "3",
                        "GATEWAY_TESTER_PAGE": "true"},
-                      cwd=tmp_path, executable=str(tmp_path / "venv" / "bin" / "gunicorn")).wait_ready()
+                      cwd=tmp_path, command=[str(bin_dir / "edm-gateway"), "serve"]).wait_ready()
     try:
         children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
         deadline = time.monotonic() + 20  # it answers once one worker is up; the others follow
@@ -38,5 +70,6 @@ def test_pip_install_into_an_empty_virtualenv(tmp_path, kc):
         page, script = (requests.get(server.url + path, timeout=30) for path in ("/", "/static/tester.js"))
         assert (page.status_code, script.status_code) == (200, 200)
         assert '<script type="module" src="/static/tester.js">' in page.text and "/api/login" in script.text
+        assert requests.get(server.url + "/openapi.json", timeout=30).json()["info"]["version"] == VERSION
     finally:
         server.stop()

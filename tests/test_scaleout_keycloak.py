@@ -53,7 +53,8 @@ def test_concurrent_logins_of_one_user_spread_over_both_gateways_all_succeed(two
     user = kc.create_user()
     with ThreadPoolExecutor(max_workers=8) as pool:
         answers = list(pool.map(lambda i: login(two_gateways[i % 2].url, user.username, user.password), range(8)))
-    assert [(a.status_code, a.json()["message"]) for a in answers] == [(200, user.id)] * 8
+    assert [(a.status_code, a.json()) for a in answers if a.status_code != 200] == []
+    assert [a.json()["message"] for a in answers] == [user.id] * 8
     assert kc.admin.get_bruteforce_detection_status(user.id)["numFailures"] == 0
 
 

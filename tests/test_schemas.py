@@ -78,3 +78,21 @@ def test_password_is_not_trimmed_and_extra_fields_are_ignored(app, monkeypatch):
     client.post("/api/login", json={"username": "a" * 255, "password": "p" * 1024})
     client.post("/api/login", data={"username": "Abc123", "password": "pässwörd ✓"})
     assert seen == [("abc", "  spaced  "), ("a" * 255, "p" * 1024), ("Abc123", "pässwörd ✓")]
+
+
+@pytest.mark.parametrize("charset", ["rot13", "base64", "zlib", "bz2", "hex", "uu", "undefined", "utf-16", "bogus"])
+@pytest.mark.parametrize("path", ["/api/login", "/api/refresh", "/api/logout"])
+def test_a_charset_that_is_no_text_encoding_changes_nothing(client, no_upstream, path, charset):
+    # JSON has no charset parameter (RFC 8259 11): the EDM endpoints read UTF-8 JSON whatever it says.
+    for content_type, data in ((f"application/json; charset={charset}", b'{"username": "ab"}'),
+                               (f"application/x-www-form-urlencoded; charset={charset}", b"username=ab"),
+                               (f"multipart/form-data; boundary=x; charset={charset}", b"--x--\r\n")):
+        response = client.post(path, data=data, headers={"Content-Type": content_type})
+        assert (response.status_code, response.json) == (400, PAYLOAD_UNKNOWN)
+
+
+def test_a_charset_that_is_no_text_encoding_is_drfs_400_on_the_simplejwt_profile(client, no_upstream):
+    response = client.post("/users/login/", data=b'{"username": "a"}',
+                           headers={"Content-Type": "application/json; charset=zlib"})
+    assert (response.status_code, response.json) == (
+        400, {"detail": 'Unsupported charset "zlib" in request Content-Type header.'})

@@ -24,7 +24,8 @@ REFRESH_INVALID = "code=401, message=refresh token is invalid or expired"
 
 def gateway(directory, keycloak_url=LIVE_URL, **env):
     directory.mkdir(parents=True, exist_ok=True)
-    return Gunicorn({"KEYCLOAK_URL": keycloak_url, "KEYCLOAK_PUBLIC_URL": LIVE_URL, "KEYCLOAK_CLIENT_SECRET": DEV_SECRET,
+    return Gunicorn({"KEYCLOAK_URL": keycloak_url, "KEYCLOAK_PUBLIC_URL": LIVE_URL,
+                     "KEYCLOAK_CLIENT_SECRET": DEV_SECRET,
                      "GATEWAY_WORKERS": "2", "GATEWAY_THREADS": "4", "XDG_RUNTIME_DIR": str(directory),
                      "TMPDIR": str(directory), "GATEWAY_LIMIT_PER_ADDRESS": "off", **env})
 
@@ -119,7 +120,8 @@ def test_one_ended_session_stops_its_tokens_and_leaves_the_users_other_session(g
     back_channel.point_at(f"{one.url}/backchannel-logout")
     user = kc.create_user()
     first, second = login(one.url, user), login(two.url, user)
-    kc.admin.connection.raw_delete(f"admin/realms/edm/sessions/{_sid(first['accessToken'])}")  # Users > Sessions > the session's Sign out
+    # Users > Sessions > the session's Sign out
+    kc.admin.connection.raw_delete(f"admin/realms/edm/sessions/{_sid(first['accessToken'])}")
     took = refused_within([one.url, two.url], [first["accessToken"]], seconds=5)
     print(f"one session ended at Keycloak: its access token refused on both gateways {took:.2f} s after")
     assert me(two.url, second["accessToken"]).status_code == 200

@@ -1,7 +1,10 @@
 """The SimpleJWT profile against the real thing: for the same request, an in-process DRF + SimpleJWT backend and
 this gateway (on the real Keycloak) answer the same status, the same body and the same auth headers."""
 
+import base64
+import bz2
 import json
+import zlib
 
 import pytest
 
@@ -52,6 +55,33 @@ CASES = {
                                     "application/x-www-form-urlencoded"),
     "login: multipart, username missing": ("POST", "/users/login/", *multipart({"password": "password"})),
     "login: unknown charset": ("POST", "/users/login/", b'{"username": "a"}', "application/json; charset=bogus"),
+    # charsets that are codecs but no text encodings: DRF refuses them (decoding would inflate a zlib or bz2 body)
+    "login: charset rot13": ("POST", "/users/login/", b'{"hfreanzr": "n"}', "application/json; charset=rot13"),
+    "login: charset base64": ("POST", "/users/login/", base64.b64encode(b'{"username": "a", "password": "b"}'),
+                              "application/json; charset=base64"),
+    "login: charset zlib": ("POST", "/users/login/", zlib.compress(b'{"username": "a", "password": "b"}'),
+                            "application/json; charset=zlib"),
+    "login: charset bz2": ("POST", "/users/login/", bz2.compress(b'{"username": "a" }'),
+                           "application/json; charset=bz2"),
+    "login: charset hex": ("POST", "/users/login/", b"7b7d", "application/json; charset=hex"),
+    "login: charset uu": ("POST", "/users/login/", b"{}", "application/json; charset=uu"),
+    "login: charset quopri": ("POST", "/users/login/", b"{}", "application/json; charset=quopri"),
+    "login: charset undefined": ("POST", "/users/login/", b"{}", "application/json; charset=undefined"),
+    "login: charset in capitals, quoted": ("POST", "/users/login/", b"{}", 'application/json; charset="ROT_13"'),
+    "login: form, charset rot13": ("POST", "/users/login/", b"username=a&password=b",
+                                   "application/x-www-form-urlencoded; charset=rot13"),
+    "login: multipart, charset base64": ("POST", "/users/login/", *(lambda body, ct: (body, f"{ct}; charset=base64"))(
+        *multipart({"username": "a", "password": "b"}))),
+    "login: text/plain, charset rot13": ("POST", "/users/login/", b"x", "text/plain; charset=rot13"),
+    "login: empty body, charset rot13": ("POST", "/users/login/", b"", "application/json; charset=rot13"),
+    "login: UTF-16 without a byte-order mark": ("POST", "/users/login/", '{"username": "a"}'.encode("utf-16-le"),
+                                                "application/json; charset=utf-16"),
+    "login: UTF-16 with its byte-order mark": ("POST", "/users/login/", '{"username": "a"}'.encode("utf-16"),
+                                               "application/json; charset=utf-16"),
+    "refresh: charset base64": ("POST", "/users/refresh/", base64.b64encode(b'{"refresh": "x"}'),
+                                "application/json; charset=base64"),
+    "verify: charset zlib": ("POST", "/users/verify/", zlib.compress(b'{"token": "x"}'),
+                             "application/json; charset=zlib"),
     "login: multipart without a boundary": ("POST", "/users/login/", b"username=a", "multipart/form-data"),
     "login: multipart file parts": ("POST", "/users/login/", (
         b'------b\r\nContent-Disposition: form-data; name="username"; filename="u.txt"\r\n\r\nahmadakbar\r\n'
@@ -111,8 +141,8 @@ def test_success_has_the_same_keys_in_the_same_order(live_client, kc):
         200, ["refresh", "access"])
     refreshed_reference = drf_reference.client().post("/users/refresh/", {"refresh": reference.json()["refresh"]})
     refreshed = live_client.post("/users/refresh/", data={"refresh": ours.json["refresh"]})
-    assert (refreshed.status_code, list(refreshed.json)) == (refreshed_reference.status_code,
-                                                             list(refreshed_reference.json())) == (200, ["access", "refresh"])
+    assert (refreshed.status_code, list(refreshed.json)) == (
+        refreshed_reference.status_code, list(refreshed_reference.json())) == (200, ["access", "refresh"])
     for token in ("access", "refresh"):  # the rotated pair (the login's refresh token is spent)
         assert live_client.post("/users/verify/", json={"token": refreshed.json[token]}).json == {} == (
             drf_reference.client().post("/users/verify/", {"token": refreshed_reference.json()[token]}).json())
@@ -121,7 +151,8 @@ def test_success_has_the_same_keys_in_the_same_order(live_client, kc):
 def test_access_token_where_a_refresh_token_belongs(live_client, kc):
     reference_access = drf_reference.client().post("/users/login/", {"username": "ahmadakbar",
                                                                      "password": "password"}).json()["access"]
-    ours_access = live_client.post("/users/login/", json={"username": "ahmadakbar", "password": "password"}).json["access"]
+    ours_access = live_client.post("/users/login/",
+                                   json={"username": "ahmadakbar", "password": "password"}).json["access"]
     reference = drf_answer("POST", "/users/refresh/", *as_json({"refresh": reference_access}))
     ours = gateway_answer(live_client, "POST", "/users/refresh/", *as_json({"refresh": ours_access}))
     assert ours == reference == (401, {"detail": "Token has wrong type", "code": "token_not_valid"},

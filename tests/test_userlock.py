@@ -149,3 +149,29 @@ def test_directory_open_to_other_users_is_refused(tmp_path):
     directory.chmod(0o777)
     with pytest.raises(ConfigError, match="mode 0700"):
         UsernameTurns(str(directory), timeout=1)
+
+
+@pytest.mark.parametrize("kind", ["host", "redis"])
+def test_after_a_grant_that_timed_out_the_next_turn_waits_for_keycloak_to_be_done(tmp_path, kind, request):
+    """The grant may still run in Keycloak, which would refuse an overlapping one as a wrong password."""
+    from gateway.errors import LoginQueueTimeout
+    from gateway.userlock import SharedTurns
+
+    if kind == "host":
+        turns = UsernameTurns(str(tmp_path / "locks"), timeout=2)
+    else:
+        import redis
+        from gateway.store.redis import RedisStore
+
+        turns = SharedTurns(RedisStore(redis.Redis.from_url(request.getfixturevalue("redis_url"))), timeout=2)
+    with turns.hold("ahmadakbar") as turn:
+        turn.settle = 0.6  # as the login does after a timed-out grant
+    ended = time.monotonic()
+    with turns.hold("ahmadakbar"):
+        began = time.monotonic()
+    assert began - ended >= 0.55
+    with turns.hold("ahmadakbar") as turn:
+        turn.settle = 5  # longer than the next login may wait: it is told so, not let in
+    with pytest.raises(LoginQueueTimeout):
+        with turns.hold("ahmadakbar"):
+            pass

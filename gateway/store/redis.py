@@ -11,11 +11,11 @@ none would straddle hash slots.
 import logging
 import secrets
 
-import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+import redis
 from gateway.config import parse_redis_url
 from gateway.errors import StoreUnavailable
 from gateway.store import translated

@@ -1,0 +1,3 @@
+module edm-gateway/bench/openloop
+
+go 1.19
