@@ -22,8 +22,7 @@ def test_every_endpoint_of_both_profiles_is_documented(client):
     paths = {path: sorted(item) for path, item in client.get("/openapi.json").json["paths"].items()}
     assert paths == {"/api/login": ["post"], "/api/refresh": ["post"], "/api/logout": ["post"], "/api/me": ["get"],
                      "/users/login/": ["post"], "/users/refresh/": ["post"], "/users/verify/": ["post"],
-                     "/healthz": ["get"], "/readyz": ["get"], "/metrics": ["get"], "/openapi.json": ["get"],
-                     "/": ["get"], "/static/{file}": ["get"]}
+                     "/healthz": ["get"], "/readyz": ["get"], "/metrics": ["get"], "/openapi.json": ["get"]}
 
 
 def test_a_profile_switched_off_is_not_documented():
