@@ -24,7 +24,7 @@ JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.")
 
 @pytest.fixture(scope="module")
 def gateway(keycloak_realm, echo_upstream):
-    server = BffGateway(upstreams=f"echo={echo_upstream.url}/base")
+    server = BffGateway(upstreams=f"echo={echo_upstream.url}/base", GATEWAY_TESTER_PAGE="true")
     yield server
     server.stop()
 

@@ -50,7 +50,14 @@ def cors_client():
 
 @pytest.fixture
 def plain_client():
-    return make_app().test_client()
+    return make_app(GATEWAY_TESTER_PAGE="true").test_client()
+
+
+def test_the_tester_page_is_a_dev_feature_off_by_default():
+    client = make_app().test_client()
+    for path in ("/", "/static/tester.js"):
+        answer = client.get(path)
+        assert (answer.status_code, answer.json) == (404, "code=404, message=not found")
 
 
 def cors_headers(response):

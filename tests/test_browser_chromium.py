@@ -37,7 +37,7 @@ FETCH = """async ([url, init]) => {
 def gateway(keycloak_realm, static_sites):
     """One gateway for the module, allowing the first static site's origin only."""
     allowed, _ = static_sites
-    server = live_gateway(GATEWAY_CORS_ORIGINS=allowed.origin)
+    server = live_gateway(GATEWAY_CORS_ORIGINS=allowed.origin, GATEWAY_TESTER_PAGE="true")
     yield server
     server.stop()
 

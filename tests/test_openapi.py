@@ -23,8 +23,7 @@ def test_every_endpoint_of_both_profiles_is_documented(client):
     assert paths == {"/api/login": ["post"], "/api/refresh": ["post"], "/api/logout": ["post"], "/api/me": ["get"],
                      "/api/sessions": ["get"], "/api/sessions/{id}": ["delete"], "/backchannel-logout": ["post"],
                      "/users/login/": ["post"], "/users/refresh/": ["post"], "/users/verify/": ["post"],
-                     "/healthz": ["get"], "/readyz": ["get"], "/metrics": ["get"], "/openapi.json": ["get"],
-                     "/": ["get"], "/static/{file}": ["get"]}
+                     "/healthz": ["get"], "/readyz": ["get"], "/metrics": ["get"], "/openapi.json": ["get"]}
 
 
 def test_a_profile_switched_off_is_not_documented():
