@@ -34,8 +34,15 @@ def forged_logout_token():
 def checked(tmp_path_factory):
     """The document of a gateway with every profile and BFF mode on, and everything checked against it by the
     module's tests."""
-    app = create_app(bff_config(GATEWAY_PUBLIC_URL=BFF_PUBLIC_URL, TMPDIR=str(tmp_path_factory.mktemp("bff"))))
+    app = create_app(bff_config(GATEWAY_PUBLIC_URL=BFF_PUBLIC_URL, GATEWAY_TESTER_PAGE="true",
+                                TMPDIR=str(tmp_path_factory.mktemp("bff"))))
     return Document(app.test_client().get("/openapi.json").json)
+
+
+@pytest.fixture
+def live_app(kc):
+    """The module's gateway on the real Keycloak, with the tester page on (its answers are documented too)."""
+    return create_app(live_config(GATEWAY_TESTER_PAGE="true"))
 
 
 @pytest.fixture
