@@ -23,14 +23,11 @@ def create_app(test_config=None):
     """Build the app: defaults, then the environment, then `test_config` (keyed by variable name)."""
     from flask import Flask
 
-    from gateway import api, backchannel, bodies, limits, observe, ops, simplejwt, store, tester
+    from gateway import api, backchannel, bodies, limits, observe, ops, services, simplejwt, store, tester
     from gateway.browser import register_browser_headers
     from gateway.config import check_server, load_settings
     from gateway.errors import register_error_handlers
-    from gateway.keycloak import Keycloak
     from gateway.logs import configure_logging, register_secret
-    from gateway.revocations import EndedSessions
-    from gateway.rotation import Rotation
 
     configure_logging()
     app = Flask(__name__, static_folder=None)  # gateway/static/ is the tester page's, served only with it
@@ -42,11 +39,7 @@ def create_app(test_config=None):
     app.request_class = bodies.Request  # the limit holds for chunked bodies too
     app.json.sort_keys = False  # the documented bodies have a key order
     app.extensions["store"] = store.connect(settings)  # the host's file, or Redis with GATEWAY_REDIS_URL
-    app.extensions["ended_sessions"] = EndedSessions(app.extensions["store"])
-    app.extensions["keycloak"] = Keycloak(settings, app.extensions["store"], app.extensions["ended_sessions"])
-    app.extensions["rotation"] = Rotation(app.extensions["store"], settings.client_secret,
-                                          settings.refresh_grace_seconds, settings.timeout,
-                                          app.extensions["ended_sessions"])
+    built = app.extensions["gateway"] = services.build(settings, app.extensions["store"])
 
     observe.register(app)  # first: every later hook and handler finds the request id
     register_error_handlers(app)
@@ -61,6 +54,6 @@ def create_app(test_config=None):
     if settings.bff:
         from gateway import bff
 
-        bff.register(app, settings, app.extensions["store"], app.extensions["ended_sessions"])
+        bff.register(app, settings, built.store, built.ended)
     limits.init_app(app, settings, app.extensions["store"])  # last: the limits see the request as the views will
     return app

@@ -2,8 +2,9 @@
 
 from flask import Blueprint, current_app
 
-from gateway import keycloak, observe
+from gateway import observe, services
 from gateway.errors import SessionNotFound
+from gateway.grants import Tokens
 from gateway.schemas import LoginSchema, RefreshTokenSchema, bearer_token, load
 from gateway.tokens import unverified_claims
 
@@ -35,7 +36,7 @@ def token_response(tokens):
 def login():
     """Exchange `{username, password}` for the realm's tokens."""
     credentials = load(login_schema)
-    return token_response(keycloak.current().login(credentials["username"], credentials["password"]))
+    return token_response(services.current().login(credentials["username"], credentials["password"]))
 
 
 @bp.post("/refresh")
@@ -46,15 +47,15 @@ def refresh():
 
 def rotated_refresh(refresh_token):
     """The refresh grant, once per refresh token across the gateways; the same answer within the grace."""
-    return current_app.extensions["rotation"].refresh(refresh_token, keycloak.current().refresh,
-                                                      lambda fields: keycloak.Tokens(**fields))
+    built = services.current()
+    return built.rotation.refresh(refresh_token, built.grants.refresh, lambda fields: Tokens(**fields))
 
 
 @bp.post("/logout")
 def logout():
     """End the Keycloak session of a refresh token; ending an ended session answers the same."""
     refresh_token = load(refresh_token_schema)["refreshToken"]
-    keycloak.current().logout(refresh_token)
+    services.current().keycloak.logout(refresh_token)
     end_session_of(refresh_token, "logged out through /api/logout")
     return json_response({"status": 200, "message": "logged out"})
 
@@ -64,7 +65,7 @@ def end_session_of(refresh_token, reason):
     here, are Keycloak's own: a forged one would have been refused)."""
     sid = unverified_claims(refresh_token).get("sid")
     if isinstance(sid, str) and sid:
-        current_app.extensions["ended_sessions"].end_sid(sid, reason)
+        services.current().ended.end_sid(sid, reason)
 
 
 def user_of(claims):
@@ -85,7 +86,7 @@ def user_of(claims):
 @bp.get("/me")
 def me():
     """Who the access token belongs to, from the token alone (verified locally, no call to Keycloak)."""
-    claims = keycloak.current().tokens.verify(bearer_token())
+    claims = services.current().tokens.verify(bearer_token())
     body = {"status": 200, "message": claims["sub"], "user": user_of(claims)}
     return json_response(body, headers={"Cache-Control": "no-store"})
 
@@ -100,12 +101,12 @@ def sessions_body(sub, current_sid, sessions):
 def end_own_session(access_token, session_id):
     """End one of the Keycloak sessions of the access token's user, on every gateway and at Keycloak (also
     /bff/sessions'); SessionNotFound, and nothing ended, for an id that is not one of theirs."""
-    upstream = keycloak.current()
+    upstream = services.current().keycloak
     # Keycloak's DELETE answers 204 for any id, another user's too: only an id it lists for this token is the user's.
     if session_id not in {session.id for session in upstream.sessions(access_token)}:
         raise SessionNotFound("not one of the user's sessions")
     # Here first, as a logout does: if Keycloak fails next, the session's tokens are refused all the same.
-    current_app.extensions["ended_sessions"].end_sid(session_id, "ended by its user")
+    services.current().ended.end_sid(session_id, "ended by its user")
     upstream.end_account_session(access_token, session_id)
 
 
@@ -113,8 +114,9 @@ def end_own_session(access_token, session_id):
 def sessions():
     """The Keycloak sessions of the access token's user (Keycloak's Account API, with the user's own token)."""
     access_token = bearer_token()
-    claims = keycloak.current().tokens.verify(access_token)
-    body = sessions_body(claims["sub"], claims.get("sid"), keycloak.current().sessions(access_token))
+    built = services.current()
+    claims = built.tokens.verify(access_token)
+    body = sessions_body(claims["sub"], claims.get("sid"), built.keycloak.sessions(access_token))
     return json_response(body, headers={"Cache-Control": "no-store"})
 
 
@@ -122,6 +124,6 @@ def sessions():
 def end_session(session_id):
     """End one of the user's Keycloak sessions, at Keycloak and on every gateway at once."""
     access_token = bearer_token()
-    observe.identify(keycloak.current().tokens.verify(access_token))
+    observe.identify(services.current().tokens.verify(access_token))
     end_own_session(access_token, session_id)
     return json_response({"status": 200, "message": "session ended"}, headers={"Cache-Control": "no-store"})

@@ -13,7 +13,7 @@ import hashlib
 
 from flask import Blueprint, current_app
 
-from gateway import keycloak, observe
+from gateway import observe, services
 from gateway.errors import GatewayError, InvalidLogoutToken, PayloadUnknown, handle_gateway_error
 from gateway.schemas import LogoutTokenSchema, load
 from gateway.tokens import LEEWAY_SECONDS
@@ -26,10 +26,10 @@ logout_token_schema = LogoutTokenSchema()
 @bp.post("/backchannel-logout")
 def logout():
     """End the session a valid logout token names, on every gateway of the store."""
-    claims = keycloak.current().logout_tokens.verify(load(logout_token_schema)["logout_token"])
+    claims = services.current().logout_tokens.verify(load(logout_token_schema)["logout_token"])
     observe.identify(claims)
     spend_once(claims)
-    ended = current_app.extensions["ended_sessions"]
+    ended = services.current().ended
     if "sid" in claims:
         ended.end_sid(claims["sid"], "back-channel logout")
     else:
@@ -40,7 +40,7 @@ def logout():
 def spend_once(claims):
     """Remember the token's `jti` until the token expires, on the store: a replay, to any gateway, is refused."""
     key = "jti:" + hashlib.sha256(claims["jti"].encode("utf-8", "surrogatepass")).hexdigest()
-    ttl = max(1.0, claims["exp"] + LEEWAY_SECONDS - keycloak.current().logout_tokens.clock())
+    ttl = max(1.0, claims["exp"] + LEEWAY_SECONDS - services.current().logout_tokens.clock())
     if not current_app.extensions["store"].put_new(key, b"1", ttl):
         raise InvalidLogoutToken("a jti seen before: a replayed logout token")
 

@@ -25,7 +25,7 @@ from urllib.parse import quote, urlsplit
 from flask import Blueprint, current_app, request
 from werkzeug.routing import BaseConverter
 
-from gateway import keycloak, observe, proxy
+from gateway import observe, proxy, services
 from gateway.api import end_own_session, json_response, sessions_body, user_of
 from gateway.errors import (
     InvalidAccessToken,
@@ -145,7 +145,8 @@ def current_session():
         observe.identify(session.claims)
         observe.audit("bff refresh", outcome, reason)
 
-    session = sessions().current(request.cookies.get(SESSION_COOKIE), keycloak.current().refresh, on_refresh=heard)
+    session = sessions().current(request.cookies.get(SESSION_COOKIE), services.current().grants.refresh,
+                                 on_refresh=heard)
     observe.identify(session.claims)
     return session
 
@@ -155,7 +156,7 @@ def login():
     """Start a login on Keycloak's page: 302 there, with `state`, `nonce` and the PKCE challenge."""
     return_url = local_path(request.args.get("returnUrl"))
     cookie, started = logins().begin(request.cookies.get(LOGIN_COOKIE), return_url)
-    response = redirect_to(keycloak.current().authorization_url(started.state, started.nonce,
+    response = redirect_to(services.current().keycloak.authorization_url(started.state, started.nonce,
                                                                 code_challenge(started.verifier)))
     set_cookie(response, LOGIN_COOKIE, cookie, "Lax", max_age=LOGIN_SECONDS)
     return response
@@ -171,11 +172,11 @@ def callback():
         raise LoginFailed(f"Keycloak answered error {error}: {arguments.get('error_description', '')[:200]}")
     # RFC 9207: Keycloak names itself in every callback (it advertises authorization_response_iss_parameter_
     # supported), so a callback without `iss`, or with another, may come from a mix-up with another server.
-    if not same_text(arguments.get("iss", ""), keycloak.current().settings.issuer):
+    if not same_text(arguments.get("iss", ""), services.current().settings.issuer):
         raise LoginFailed("the callback names no issuer, or another")
     if not arguments.get("code"):
         raise LoginFailed("callback without code")
-    tokens = keycloak.current().exchange_code(arguments["code"], started.verifier, started.nonce)
+    tokens = services.current().grants.code(arguments["code"], started.verifier, started.nonce)
     observe.identify(tokens.id_claims)
     end_previous_session(tokens.id_claims["sid"])
     cookie, _ = sessions().create(tokens, tokens.id_claims["sid"])
@@ -200,7 +201,7 @@ def tell_keycloak_session_ended(session):
     """End the Keycloak session of a session the gateway has ended already; Keycloak's failure is logged, and
     counted with the logout call's metrics, never turned into a failure of the logout."""
     try:
-        keycloak.current().end_session(session.refresh_token)
+        services.current().keycloak.end_session(session.refresh_token)
     except UpstreamError as exc:
         log.warning("the gateway's session ended, Keycloak's could not be ended now: %s", exc.reason)
         observe.note("keycloak session not ended: " + exc.reason)
@@ -245,7 +246,7 @@ def with_access_token(session, work):
 def sessions_list():
     """The user's Keycloak sessions, as /api/sessions lists them, the browser's own marked `current`."""
     session = current_session()
-    listed = with_access_token(session, keycloak.current().sessions)
+    listed = with_access_token(session, services.current().keycloak.sessions)
     return json_response(sessions_body(session.sub, session.sid, listed))
 
 

@@ -45,7 +45,7 @@ def _url(name, value):
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{name} must be an http(s) URL, got {value!r}")
-    # python-keycloak joins paths onto the base URL: without the trailing slash `/auth` would be dropped.
+    # The endpoints' paths are joined onto the base URL: without the trailing slash `/auth` would be dropped.
     return value if value.endswith("/") else value + "/"
 
 

@@ -5,7 +5,7 @@ token gets is decided here too."""
 
 from flask import Blueprint, current_app, request
 
-from gateway import keycloak, observe
+from gateway import observe, services
 from gateway.api import rotated_refresh
 from gateway.errors import (
     ACCOUNT_ERRORS,
@@ -132,7 +132,7 @@ def login():
     """SimpleJWT's token pair: `{"refresh", "access"}` in the seed's order."""
     credentials = load_drf(obtain_schema)
     # Every credential failure reads alike here, so the look-up that tells them apart is not made.
-    tokens = keycloak.current().login(credentials["username"], credentials["password"], explain=False)
+    tokens = services.current().login(credentials["username"], credentials["password"], explain=False)
     return pair_response(tokens, "refresh", "access")
 
 
@@ -152,32 +152,32 @@ def verify():
 
 def refresh_pair(token):
     """The refresh grant; a refused token is told apart only then, as SimpleJWT words it (wrong type, expired)."""
-    kc = keycloak.current()
+    tokens = services.current().tokens
     try:
         return rotated_refresh(token)
     except RefreshReused:
         raise
     except InvalidRefreshToken as exc:
-        if kc.tokens.is_valid(token):
+        if tokens.is_valid(token):
             raise WrongTokenType(exc.reason) from None
-        if kc.tokens.expired(token):
+        if tokens.expired(token):
             raise ExpiredRefreshToken(exc.reason) from None
         raise
 
 
 def verify_any(token):
     """An access token is checked locally; a refresh token, which only Keycloak can check, by introspection."""
-    kc = keycloak.current()
+    built = services.current()
     try:
-        return kc.tokens.verify(token)
+        return built.tokens.verify(token)
     except ExpiredAccessToken:
         raise
     except InvalidAccessToken:
         if unverified_claims(token).get("typ") != "Refresh":
             raise
-    info = kc.introspect(token, token_type_hint="refresh_token")
-    if info.get("active") is True and info.get("azp") == kc.settings.client_id:
+    info = built.keycloak.introspect(token, token_type_hint="refresh_token")
+    if info.get("active") is True and info.get("azp") == built.settings.client_id:
         return info
-    if kc.tokens.expired(token):
+    if built.tokens.expired(token):
         raise ExpiredRefreshToken("refresh token expired")
     raise InvalidRefreshToken("refresh token not active")

@@ -143,7 +143,7 @@ def test_me_makes_no_upstream_call_while_the_keys_are_cached(client, realm, sign
 
 
 def test_forged_kids_cannot_make_the_gateway_hammer_keycloak(app, realm, signer):
-    client, keys = app.test_client(), app.extensions["keycloak"].keys
+    client, keys = app.test_client(), app.extensions["gateway"].keys
     forged = [Signer(kid=f"forged-{i}").token() for i in range(3)]  # made first: key generation takes time
     keys.refetch_interval = 3600
     assert me(client, f"Bearer {signer.token()}").status_code == 200
@@ -156,7 +156,7 @@ def test_forged_kids_cannot_make_the_gateway_hammer_keycloak(app, realm, signer)
 
 
 def test_a_failing_key_fetch_is_not_repeated_for_every_forged_kid(app, signer):
-    client, keys = app.test_client(), app.extensions["keycloak"].keys
+    client, keys = app.test_client(), app.extensions["gateway"].keys
     with responses.RequestsMock() as mock:
         mock.get(CERTS, body=requests.ReadTimeout("slow"))
         forged = Signer(kid="forged").token()

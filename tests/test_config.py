@@ -148,20 +148,6 @@ def test_proxies_lower_case_wins_as_in_requests():
     assert s.proxies == {"https": "http://lower:2", "http": "http://plain:3"}
 
 
-def test_a_python_keycloak_whose_internals_moved_fails_the_start(monkeypatch):
-    import gateway.keycloak
-
-    class Moved(gateway.keycloak.KeycloakOpenIDConnection):
-        def __getattribute__(self, name):
-            if name == "_s":
-                raise AttributeError("'KeycloakOpenIDConnection' object has no attribute '_s'")
-            return super().__getattribute__(name)
-
-    monkeypatch.setattr(gateway.keycloak, "KeycloakOpenIDConnection", Moved)
-    with pytest.raises(ConfigError, match="cannot build the Keycloak client: AttributeError: .* '_s'"):
-        create_app(mock_config())
-
-
 def test_the_gateway_reads_no_environment_variable_outside_config():
     sources = {p.name: p.read_text() for p in (ROOT / "gateway").glob("*.py") if p.name != "config.py"}
     reads = r"os\.getenv|getenv\(|os\.environ\.get|os\.environ\[[^]]*\](?!\s*=)|environ\.items"
@@ -280,7 +266,7 @@ def test_a_gunicorn_worker_counts_from_its_real_thread_count(monkeypatch):
     assert load_settings(environ={**BASE, "GATEWAY_THREADS": "8"}).threads == 8
     monkeypatch.setattr(gateway.config, "worker_threads", 4)
     assert load_settings(environ={**BASE, "GATEWAY_THREADS": "8"}).threads == 4
-    assert create_app(mock_config(GATEWAY_THREADS="8")).extensions["keycloak"].turns.in_line_per_process == 3
+    assert create_app(mock_config(GATEWAY_THREADS="8")).extensions["gateway"].turns.in_line_per_process == 3
 
 
 GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")

@@ -48,11 +48,11 @@ def test_the_real_reason_is_kept_for_the_audit_log(hidden, kc):
     disabled = kc.create_user(enabled=False)
     with pytest.raises(InvalidCredentials) as refused:
         with hidden.app_context():
-            hidden.extensions["keycloak"].login(disabled.username, disabled.password)
+            hidden.extensions["gateway"].login(disabled.username, disabled.password)
     assert refused.value.reason == "password grant: HTTP 400 invalid_grant: Account disabled"
     with pytest.raises(InvalidCredentials) as refused:
         with hidden.app_context():
-            hidden.extensions["keycloak"].login(disabled.username, "not-the-password")
+            hidden.extensions["gateway"].login(disabled.username, "not-the-password")
     assert refused.value.reason == "password grant: HTTP 400 invalid_grant: Invalid user credentials"
 
 

@@ -9,8 +9,6 @@ from responses import matchers
 
 from gateway import create_app
 from gateway.errors import (
-    AccountDisabled,
-    InvalidRefreshToken,
     UpstreamBadResponse,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -25,8 +23,7 @@ USERS = f"{MOCK_URL}admin/realms/edm/users"
 BRUTE_FORCE = f"{MOCK_URL}admin/realms/edm/attack-detection/brute-force/users/u-1"
 GRANT_SENT = {"grant_type": "password", "client_id": "edmportal", "client_secret": "mock-secret",
               "username": "ahmadakbar", "password": "password1", "scope": "profile email"}
-SERVICE_GRANT_SENT = {"grant_type": "client_credentials", "client_id": "edmportal",
-                      "client_secret": "mock-secret", "scope": "openid"}
+SERVICE_GRANT_SENT = {"grant_type": "client_credentials", "client_id": "edmportal", "client_secret": "mock-secret"}
 
 
 def invalid_grant(status, description):
@@ -90,6 +87,39 @@ def test_service_account_token_is_cached_between_look_ups(client, upstream):
     assert login(client).json == "code=404, message=username not found"
     service_grants = [c for c in upstream.calls if "client_credentials" in (c.request.body or "")]
     assert len(service_grants) == 1
+
+
+def test_service_account_token_is_renewed_before_it_expires_and_when_refused(app, upstream):
+    client, port = app.test_client(), app.extensions["gateway"].keycloak
+    now = [1000.0]
+    port.clock = lambda: now[0]
+    grant_answers(upstream, **invalid_grant(400, "Invalid user credentials"))
+    look_up_answers(upstream, [])  # a token of 300 s: renewed 30 s before
+    assert login(client).json == "code=404, message=username not found"
+    now[0] += 269
+    grant_answers(upstream, **invalid_grant(400, "Invalid user credentials"))
+    upstream.get(USERS, json=[])
+    assert login(client).json == "code=404, message=username not found"
+    now[0] += 2  # 29 s left: renewed first
+    grant_answers(upstream, **invalid_grant(400, "Invalid user credentials"))
+    look_up_answers(upstream, [])
+    assert login(client).json == "code=404, message=username not found"
+    grant_answers(upstream, **invalid_grant(400, "Invalid user credentials"))
+    upstream.get(USERS, status=401, json={"error": "HTTP 401 Unauthorized"})  # Keycloak restarted: the token is
+    look_up_answers(upstream, [])  # refused, fetched again once, and the look-up made with the new one
+    assert login(client).json == "code=404, message=username not found"
+    service_grants = [c for c in upstream.calls if "client_credentials" in (c.request.body or "")]
+    assert len(service_grants) == 3
+
+
+def test_a_service_account_token_refused_twice_is_a_bad_answer(client, upstream):
+    grant_answers(upstream, **invalid_grant(400, "Invalid user credentials"))
+    for _ in range(2):
+        upstream.post(TOKEN, match=[matchers.urlencoded_params_matcher(SERVICE_GRANT_SENT)],
+                      json={"access_token": "service-token", "expires_in": 300})
+        upstream.get(USERS, status=401, json={"error": "HTTP 401 Unauthorized"})
+    response = login(client)
+    assert (response.status_code, response.json) == (502, "code=502, message=authentication service error")
 
 
 @pytest.mark.parametrize("answer, status, body", [
@@ -256,7 +286,7 @@ def test_refresh_and_logout_bad_payload(client, upstream, path, body):
     ("/api/logout", {"refreshToken": "r-old"}),
 ])
 def test_a_dropped_post_is_never_sent_again(path, body, hanging_up_server):
-    """python-keycloak retries POSTs by default; a retried grant would be a second brute-force failure."""
+    """A retried grant would be a second brute-force failure: the adapter retries nothing."""
     client = create_app(mock_config(KEYCLOAK_URL=hanging_up_server.url)).test_client()
     response = client.post(path, json=body)
     assert (response.status_code, response.json) == (503, "code=503, message=authentication service unavailable")
@@ -265,7 +295,7 @@ def test_a_dropped_post_is_never_sent_again(path, body, hanging_up_server):
 
 def test_proxy_and_ca_bundle_settings_are_read_once_and_kept(monkeypatch, upstream):
     """Read from the environment at start, never again per call (a measured cost), and applied to every call:
-    the OpenID endpoints' and python-keycloak's admin calls alike."""
+    the OpenID endpoints' and the admin look-ups alike."""
     import certifi
 
     bundle = certifi.where()  # any real bundle: it is checked at start
@@ -283,41 +313,19 @@ def test_proxy_and_ca_bundle_settings_are_read_once_and_kept(monkeypatch, upstre
     assert sent == [("http://proxy.internal:3128", bundle)] * 3
 
 
-def _connection_error(cause):
-    from keycloak.exceptions import KeycloakConnectionError
-
-    try:
-        raise KeycloakConnectionError("Can't connect to server") from cause
-    except KeycloakConnectionError as exc:
-        return exc
-
-
-def _refusal(status, body):
-    from keycloak.exceptions import KeycloakPostError
-
-    return KeycloakPostError(error_message=b"...", response_code=status, response_body=body)
-
-
 @pytest.mark.parametrize("raised, expected", [
-    # python-keycloak's wrapper of a failed HTTP call, by the type of its cause
-    (_connection_error(requests.ConnectTimeout("connect")), UpstreamTimeout),
-    (_connection_error(requests.ReadTimeout("read")), UpstreamTimeout),
-    (_connection_error(requests.ConnectionError("refused")), UpstreamUnavailable),
-    (_connection_error(requests.exceptions.SSLError("handshake")), UpstreamUnavailable),
-    (_connection_error(requests.exceptions.ChunkedEncodingError("cut")), UpstreamUnavailable),
-    (_connection_error(requests.exceptions.InvalidHeader("bad header")), UpstreamBadResponse),
-    (_connection_error(ValueError("not a requests exception")), UpstreamBadResponse),
-    (_connection_error(None), UpstreamBadResponse),
-    # Keycloak's refusals, through the operation's table
-    (_refusal(400, b'{"error":"invalid_grant","error_description":"Account disabled"}'), AccountDisabled),
-    (_refusal(400, b'{"error":"invalid_grant","error_description":"Stale token"}'), InvalidRefreshToken),
-    (_refusal(401, b'{"error":"unauthorized_client"}'), UpstreamBadResponse),
-    (_refusal(500, b"<html>oops</html>"), UpstreamBadResponse),
-    (_refusal(400, None), UpstreamBadResponse),
-    # anything else python-keycloak raises: a bad answer, not a crash
-    (TypeError("Unexpected response type from 'token'. Expected 'dict', received 'bytes'"), UpstreamBadResponse),
-    (TypeError("a wording python-keycloak may use one day"), UpstreamBadResponse),
+    # the HTTP call's own failures, by type
+    (requests.ConnectTimeout("connect"), UpstreamTimeout),
+    (requests.ReadTimeout("read"), UpstreamTimeout),
+    (requests.ConnectionError("refused"), UpstreamUnavailable),
+    (requests.exceptions.SSLError("handshake"), UpstreamUnavailable),
+    (requests.exceptions.ChunkedEncodingError("cut"), UpstreamUnavailable),
+    (requests.exceptions.InvalidHeader("bad header"), UpstreamBadResponse),
+    # an answer that cannot be read: a bad answer, not a crash
+    (ValueError("Expecting value: line 1 column 1 (char 0)"), UpstreamBadResponse),
+    (RecursionError("maximum recursion depth exceeded"), UpstreamBadResponse),
     (KeyError("access_token"), UpstreamBadResponse),
+    (TypeError("odd"), UpstreamBadResponse),
 ], ids=lambda v: type(v).__name__ if isinstance(v, Exception) else v.__name__)
 def test_every_branch_of_the_translation(raised, expected):
     with pytest.raises(expected) as caught:

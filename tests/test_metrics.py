@@ -40,6 +40,7 @@ def test_endpoints_and_operations_are_snake_case(client, upstream):
         'edm_gateway_request_duration_seconds_count{endpoint="api_login",method="POST",status="400"}': 1.0,
         'edm_gateway_request_duration_seconds_count{endpoint="ops_prometheus",method="GET",status="200"}': 1.0,
         'edm_gateway_upstream_duration_seconds_count{operation="password_grant",result="refused"}': 1.0,
+        'edm_gateway_upstream_duration_seconds_count{operation="service_account_token",result="ok"}': 1.0,
         'edm_gateway_upstream_duration_seconds_count{operation="user_look_up",result="ok"}': 1.0,
         'edm_gateway_upstream_duration_seconds_count{operation="brute_force_status",result="ok"}': 1.0,
     }

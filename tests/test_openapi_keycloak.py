@@ -6,7 +6,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 
 from gateway import create_app
-from gateway.keycloak import Tokens
+from gateway.grants import Tokens
 from tests.bff import LoopbackBrowser, bff_config, keycloak_login
 from tests.conftest import ISSUER, free_port, live_config
 from tests.openapi_check import Document

@@ -56,7 +56,7 @@ def test_readyz_with_keycloak_unreachable():
 def test_readyz_follows_keycloak_going_away_and_coming_back(kc, keycloak_relay):
     """No restart of the gateway: the answer follows Keycloak within the few seconds it is kept."""
     app = create_app(live_config(KEYCLOAK_URL=keycloak_relay.url, KEYCLOAK_PUBLIC_URL=LIVE_URL))
-    app.extensions["keycloak"].readiness_ttl = 0.2
+    app.extensions["gateway"].readiness.ttl = 0.2
     client = app.test_client()
     assert answer(client.get("/readyz")) == (200, {"status": 200, "message": "ready"})
     keycloak_relay.stop()

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from gateway.errors import InvalidRefreshToken, RefreshReused, UpstreamUnavailable
-from gateway.keycloak import Tokens
+from gateway.grants import Tokens
 from gateway.revocations import EndedSessions
 from gateway.rotation import Rotation
 from gateway.store.host import HostStore

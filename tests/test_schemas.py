@@ -72,7 +72,7 @@ def test_invalid_raw_payload(client, no_upstream, data, content_type):
 
 def test_password_is_not_trimmed_and_extra_fields_are_ignored(app, monkeypatch):
     seen = []
-    monkeypatch.setattr(app.extensions["keycloak"], "login", lambda u, p: seen.append((u, p)) or 1 / 0)
+    monkeypatch.setattr(app.extensions["gateway"], "login", lambda u, p: seen.append((u, p)) or 1 / 0)
     client = app.test_client()
     client.post("/api/login", json={"username": "abc", "password": "  spaced  ", "remember": True})
     client.post("/api/login", json={"username": "a" * 255, "password": "p" * 1024})

@@ -132,7 +132,7 @@ def test_me_without_a_token(live_client, kc):
 
 
 def test_me_refuses_an_expired_token(live_app, user):
-    client, tokens = live_app.test_client(), live_app.extensions["keycloak"].tokens
+    client, tokens = live_app.test_client(), live_app.extensions["gateway"].tokens
     token = login(client, user)["accessToken"]
     expires = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "==="))["exp"]
     tokens.clock = lambda: expires + 29  # expired a moment ago, within the 30 s leeway
@@ -204,7 +204,7 @@ def rotated_key(kc, realm_keys_restored):
 
 
 def test_key_rotation_is_followed_after_exactly_one_refetch(live_app, kc, user, request):
-    client, keys = live_app.test_client(), live_app.extensions["keycloak"].keys
+    client, keys = live_app.test_client(), live_app.extensions["gateway"].keys
     old_token = login(client, user)["accessToken"]
     assert keys.fetches == 1
     request.getfixturevalue("rotated_key")
@@ -224,7 +224,7 @@ def kid_of(token):
 def test_a_key_removed_from_the_realm_stops_verifying_within_the_maximum_age(kc, user, realm_keys_restored):
     provider_id = add_signing_key(kc, "removed-by-test", priority="600")
     app = create_app(live_config(GATEWAY_KEYS_MAX_AGE="60"))
-    client, keys = app.test_client(), app.extensions["keycloak"].keys
+    client, keys = app.test_client(), app.extensions["gateway"].keys
     token = login(client, user)["accessToken"]
     added = [k["kid"] for k in kc.admin.get_keys()["keys"] if k.get("providerId") == provider_id]
     assert kid_of(token) in added  # signed with the key about to be removed

@@ -15,7 +15,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.keycloak import Tokens
+from gateway.grants import Tokens
 from gateway.sessions import Sessions
 from gateway.store.host import HostStore
 from gateway.store.redis import RedisStore

@@ -172,7 +172,7 @@ def test_expired_token_on_verify(live_app, kc):
     expired.set_exp(lifetime=timedelta(seconds=-100))
     reference = drf_answer("POST", "/users/verify/", *as_json({"token": str(expired)}))
     access = client.post("/users/login/", json={"username": "ahmadakbar", "password": "password"}).json["access"]
-    tokens = live_app.extensions["keycloak"].tokens
+    tokens = live_app.extensions["gateway"].tokens
     real_clock = tokens.clock
     tokens.clock = lambda: real_clock() + 400
     ours = gateway_answer(client, "POST", "/users/verify/", *as_json({"token": access}))

@@ -73,8 +73,8 @@ def test_every_account_state_is_no_active_account(live_client, kc, state):
 
 
 def test_credential_failure_makes_no_admin_look_up(live_client, kc, monkeypatch):
-    keycloak = live_client.application.extensions["keycloak"]
-    monkeypatch.setattr(keycloak, "_credential_failure", lambda *a: pytest.fail("looked up the username"))
+    login = live_client.application.extensions["gateway"].login
+    monkeypatch.setattr(login, "explained", lambda *a: pytest.fail("looked up the username"))
     assert answer(live_client.post("/users/login/", json={"username": "nosuchuser42", "password": "x"})) == (
         401, NO_ACCOUNT)
 

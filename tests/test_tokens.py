@@ -29,8 +29,8 @@ def gateway():
     """An app whose key set is 60 s old at most, on a clock the test moves."""
     app = create_app(mock_config(GATEWAY_KEYS_MAX_AGE="60"))
     clock = FakeClock()
-    app.extensions["keycloak"].keys.clock = clock
-    return app.test_client(), clock, app.extensions["keycloak"].keys
+    app.extensions["gateway"].keys.clock = clock
+    return app.test_client(), clock, app.extensions["gateway"].keys
 
 
 def me(client, token):
@@ -110,7 +110,7 @@ def test_past_the_maximum_age_concurrent_requests_cause_one_fetch(gateway):
 
 
 def test_the_maximum_age_is_five_minutes_by_default():
-    keys = create_app(mock_config()).extensions["keycloak"].keys
+    keys = create_app(mock_config()).extensions["gateway"].keys
     assert keys.max_age == 300.0
 
 
@@ -131,7 +131,7 @@ def test_a_remembered_token_still_expires(gateway):
     client, _, keys = gateway
     signer = Signer(kid="k1")
     token = signer.token(exp=int(time.time()) + 60)
-    tokens = client.application.extensions["keycloak"].tokens
+    tokens = client.application.extensions["gateway"].tokens
     with responses.RequestsMock() as realm:
         realm.get(CERTS, json=signer.jwks)
         assert me(client, token)[0] == 200
@@ -155,7 +155,7 @@ def test_a_remembered_token_stops_verifying_once_its_key_is_gone(gateway):
 def test_remembered_tokens_are_bounded(gateway):
     client, _, _ = gateway
     signer = Signer(kid="k1")
-    tokens = client.application.extensions["keycloak"].tokens
+    tokens = client.application.extensions["gateway"].tokens
     tokens.CACHE_SIZE = 3
     with responses.RequestsMock() as realm:
         realm.get(CERTS, json=signer.jwks)

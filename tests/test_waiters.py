@@ -121,7 +121,7 @@ def test_the_places_are_counted_over_every_process_of_the_host_and_come_back_whe
 def test_a_login_refused_for_want_of_a_place_answers_429_at_once_and_never_reaches_keycloak(tmp_path):
     app = create_app(mock_config(GATEWAY_LOGIN_WAITERS="0", TMPDIR=str(tmp_path),
                                  GATEWAY_LIMIT_PER_USERNAME="off", GATEWAY_LIMIT_PER_ADDRESS="off"))
-    holders = Holders(app.extensions["keycloak"].turns)
+    holders = Holders(app.extensions["gateway"].turns)
     holders.add(1)
     wait_until(lambda: "ahmadakbar" in holders.turns._queues)
     client = app.test_client()
