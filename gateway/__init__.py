@@ -55,7 +55,7 @@ def create_app(test_config=None):
     app.register_blueprint(ops.bp)
     app.register_blueprint(backchannel.bp)
     if settings.simplejwt_profile:
-        app.register_blueprint(simplejwt.bp)
+        simplejwt.register(app)
     if settings.tester_page:
         app.register_blueprint(tester.bp)
     if settings.bff:

@@ -1,8 +1,9 @@
-"""The EDM endpoints: login, refresh, logout and who-am-I."""
+"""The EDM endpoints: login, refresh, logout, who-am-I, and the user's Keycloak sessions."""
 
 from flask import Blueprint, current_app
 
 from gateway import keycloak, observe
+from gateway.errors import SessionNotFound
 from gateway.schemas import LoginSchema, RefreshTokenSchema, bearer_token, load
 from gateway.tokens import unverified_claims
 
@@ -87,3 +88,40 @@ def me():
     claims = keycloak.current().tokens.verify(bearer_token())
     body = {"status": 200, "message": claims["sub"], "user": user_of(claims)}
     return json_response(body, headers={"Cache-Control": "no-store"})
+
+
+def sessions_body(sub, current_sid, sessions):
+    """The documented list of a user's Keycloak sessions (also /bff/sessions'), `current` the one of `current_sid`."""
+    return {"status": 200, "message": sub, "sessions": [
+        {"id": s.id, "ipAddress": s.ip_address, "started": s.started, "lastAccess": s.last_access,
+         "expires": s.expires, "current": s.id == current_sid, "clients": s.clients} for s in sessions]}
+
+
+def end_own_session(access_token, session_id):
+    """End one of the Keycloak sessions of the access token's user, on every gateway and at Keycloak (also
+    /bff/sessions'); SessionNotFound, and nothing ended, for an id that is not one of theirs."""
+    upstream = keycloak.current()
+    # Keycloak's DELETE answers 204 for any id, another user's too: only an id it lists for this token is the user's.
+    if session_id not in {session.id for session in upstream.sessions(access_token)}:
+        raise SessionNotFound("not one of the user's sessions")
+    # Here first, as a logout does: if Keycloak fails next, the session's tokens are refused all the same.
+    current_app.extensions["ended_sessions"].end_sid(session_id, "ended by its user")
+    upstream.end_account_session(access_token, session_id)
+
+
+@bp.get("/sessions")
+def sessions():
+    """The Keycloak sessions of the access token's user (Keycloak's Account API, with the user's own token)."""
+    access_token = bearer_token()
+    claims = keycloak.current().tokens.verify(access_token)
+    body = sessions_body(claims["sub"], claims.get("sid"), keycloak.current().sessions(access_token))
+    return json_response(body, headers={"Cache-Control": "no-store"})
+
+
+@bp.delete("/sessions/<session_id>")
+def end_session(session_id):
+    """End one of the user's Keycloak sessions, at Keycloak and on every gateway at once."""
+    access_token = bearer_token()
+    observe.identify(keycloak.current().tokens.verify(access_token))
+    end_own_session(access_token, session_id)
+    return json_response({"status": 200, "message": "session ended"}, headers={"Cache-Control": "no-store"})

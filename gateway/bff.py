@@ -6,8 +6,10 @@ its API calls go through the allowlisted proxy (`gateway/proxy.py`) with the acc
   into this browser's `__Host-edm-login` cookie (`gateway/logins.py`): nothing is stored for an anonymous request.
 - `GET /bff/callback`: the login of that `state`, if this browser started it (once), then the code exchange, the
   ID token's checks, a new session (the browser's previous one ended), its cookie, and 302 to `returnUrl`.
-- `GET /bff/user`, `POST /bff/logout?sid=`, `/bff/api/<name>/<path>`: need `X-CSRF: 1`, a header that a page of
-  another origin can only send after a CORS preflight, which the gateway never grants for `/bff/`
+- `GET /bff/sessions`, `DELETE /bff/sessions/<id>`: the user's Keycloak sessions, as `/api/sessions` lists and ends
+  them, with the session's access token; ending the browser's own session is a logout of it.
+- `GET /bff/user`, `POST /bff/logout?sid=`, `/bff/sessions`, `/bff/api/<name>/<path>`: need `X-CSRF: 1`, a header
+  that a page of another origin can only send after a CORS preflight, which the gateway never grants for `/bff/`
   (`gateway/browser.py`); the session cookie is SameSite=Strict besides.
 
 The session cookie `__Host-edm-session` is HttpOnly, Secure, SameSite=Strict, Path=/, without Domain and without
@@ -24,13 +26,15 @@ from flask import Blueprint, current_app, request
 from werkzeug.routing import BaseConverter
 
 from gateway import keycloak, observe, proxy
-from gateway.api import json_response, user_of
+from gateway.api import end_own_session, json_response, sessions_body, user_of
 from gateway.errors import (
+    InvalidAccessToken,
     InvalidReturnUrl,
     InvalidSessionId,
     LoginFailed,
     MissingCsrfHeader,
     NotLoggedIn,
+    SessionEnded,
     UpstreamError,
     handle_gateway_error,
 )
@@ -224,6 +228,35 @@ def logout():
     tell_keycloak_session_ended(session)
     response = current_app.json.response({"status": 200, "message": "logged out"})
     expire_cookie(response, SESSION_COOKIE, "Strict")
+    return response
+
+
+def with_access_token(session, work):
+    """`work(access token)` for the session; an access token that Keycloak refuses means that its session is over
+    there, so the gateway's ends too (401 not logged in)."""
+    try:
+        return work(session.access_token)
+    except InvalidAccessToken as exc:
+        sessions().end(request.cookies.get(SESSION_COOKIE))
+        raise SessionEnded(f"Keycloak refused the session's access token: {exc.reason}") from None
+
+
+@bp.get("/sessions")
+def sessions_list():
+    """The user's Keycloak sessions, as /api/sessions lists them, the browser's own marked `current`."""
+    session = current_session()
+    listed = with_access_token(session, keycloak.current().sessions)
+    return json_response(sessions_body(session.sub, session.sid, listed))
+
+
+@bp.delete("/sessions/<session_id>")
+def end_session(session_id):
+    """End one of the user's Keycloak sessions, as /api/sessions does; the browser's own is a logout of it."""
+    session = current_session()
+    with_access_token(session, lambda access_token: end_own_session(access_token, session_id))
+    response = current_app.json.response({"status": 200, "message": "session ended"})
+    if same_text(session_id, session.sid):
+        expire_cookie(response, SESSION_COOKIE, "Strict")
     return response
 
 

@@ -22,7 +22,7 @@ so a portal would see a bare network error where the gateway documents an answer
 
 from flask import current_app, request
 
-ALLOW_METHODS = "GET, POST"
+ALLOW_METHODS = "GET, POST, DELETE"  # DELETE: /api/sessions/<id>
 ALLOW_HEADERS = "Content-Type, Authorization, X-Request-ID, X-CSRF"
 # What the portal's script must read beyond the CORS-safelisted headers (Cache-Control, Content-Type...).
 EXPOSE_HEADERS = "Retry-After, WWW-Authenticate, X-Request-ID"

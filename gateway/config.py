@@ -254,7 +254,7 @@ VARIABLES = {
     "GATEWAY_MAX_BODY_BYTES": ("max_body_bytes", lambda n, v: whole_number(n, v, 1024, 16 * 2**20), "16384"),
     "GATEWAY_SIMPLEJWT_PROFILE": ("simplejwt_profile", _flag, "true"),
     "GATEWAY_CORS_ORIGINS": ("cors_origins", _origins, ""),
-    "GATEWAY_TESTER_PAGE": ("tester_page", _flag, "true"),
+    "GATEWAY_TESTER_PAGE": ("tester_page", _flag, "false"),  # a dev feature: make run and compose turn it on
     "GATEWAY_KEYS_MAX_AGE": ("keys_max_age", lambda n, v: _seconds(n, v, 0, 86400), "300"),
     # abuse controls (gateway/limits.py, gateway/userlock.py) and the shared store (gateway/store/)
     "GATEWAY_HIDE_ACCOUNT_STATE": ("hide_account_state", _flag, "false"),

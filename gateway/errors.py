@@ -45,8 +45,9 @@
         └── ApiBadResponse             502 upstream service error
 
 Subclasses set class attributes; the three payload errors also carry what DRF's body needs. An EDM error
-body is a JSON string, `"code=404, message=not found"`; the SimpleJWT profile (`/users/`) renders the same
-errors as Django REST Framework and SimpleJWT word them.
+body is a JSON string, `"code=404, message=not found"`. A profile with words of its own registers a `Profile` for
+its paths (`register_profile`): the SimpleJWT profile renders every error under `/users/` as Django REST Framework
+and SimpleJWT word them (`gateway/simplejwt.py`), so this module imports no profile.
 """
 
 import logging
@@ -331,107 +332,82 @@ def edm_body(code, message):
     return f"code={code}, message={message}"
 
 
-# The SimpleJWT profile's words, as djangorestframework-simplejwt 5.5 and Django REST Framework 3 say them.
-DRF_NO_ACCOUNT = "No active account found with the given credentials"
-DRF_NO_ACCOUNT_FOR_TOKEN = "No active account found for the given token."
-DRF_AUTHENTICATE = 'JWT realm="api"'
-DRF_UPSTREAM = {
-    UpstreamUnavailable: (503, "Authentication service unavailable."),
-    StoreUnavailable: (503, "Authentication service unavailable."),
-    UpstreamTimeout: (504, "Authentication service timed out."),
-    LoginQueueTimeout: (504, "Authentication service timed out."),
-    UpstreamBadResponse: (502, "Authentication service error."),
-}
 ACCOUNT_ERRORS = (InvalidCredentials, UsernameNotFound, WrongPassword, AccountLocked, AccountDisabled, AccountNotSetUp)
 
 
-def _simplejwt_profile():
-    return request.path.startswith("/users/") and current_app.config["SETTINGS"].simplejwt_profile
+class Profile:
+    """How the errors of a profile other than the EDM one read: a profile registers one with `register_profile`
+    for the paths under its prefix, so this module renders every error and knows no profile."""
+
+    prefix = ""
+    hides_account_state = False  # one answer for every credential and account-state failure of a login
+
+    def gateway_error(self, error):
+        raise NotImplementedError
+
+    def http_error(self, error, headers):
+        raise NotImplementedError
+
+    def internal_error(self):
+        raise NotImplementedError
 
 
-def _response(body, status, headers=None):
+def register_profile(app, profile):
+    """Render the errors of every path under `profile.prefix` as `profile` says."""
+    app.extensions.setdefault("error_profiles", []).append(profile)
+
+
+def _profile():
+    return next((profile for profile in current_app.extensions.get("error_profiles", ())
+                 if request.path.startswith(profile.prefix)), None)
+
+
+def json_answer(body, status, headers=None):
+    """A JSON answer with this status and these headers (the body's key order kept)."""
     response = current_app.json.response(body)
     response.status_code = status
     response.headers.update(headers or {})
     return response
 
 
+def mapped(error, table, default=None):
+    """The value `table` gives the error's class or the nearest of its ancestors (a subclass is never a 500)."""
+    return next((table[cls] for cls in type(error).__mro__ if cls in table), default)
+
+
 def _edm_error(error):
     status = error.code
     if isinstance(error, RequestError) and request.endpoint in STATUS_400_ENDPOINTS:
         status = 400
-    return _response(edm_body(error.code, error.message), status, error.headers)
+    return json_answer(edm_body(error.code, error.message), status, error.headers)
 
 
-def _token_detail(error):
-    if isinstance(error, (ExpiredRefreshToken, ExpiredAccessToken)):
-        return "Token is expired"
-    if isinstance(error, WrongTokenType):
-        return "Token has wrong type"
-    return "Token is invalid"
-
-
-def drf_throttled(wait):
-    """DRF's `Throttled` detail, singular and plural as it words them."""
-    unit = "second" if wait == 1 else "seconds"
-    return f"Request was throttled. Expected available in {wait} {unit}."
-
-
-def _simplejwt_error(error):
-    if isinstance(error, FieldErrors):
-        return _response(error.fields, 400)
-    if isinstance(error, MalformedBody):
-        return _response({"detail": error.detail}, 400)
-    if isinstance(error, UnsupportedMediaType):
-        return _response({"detail": f'Unsupported media type "{error.media_type}" in request.'}, 415)
-    if isinstance(error, ACCOUNT_ERRORS):
-        detail = DRF_NO_ACCOUNT_FOR_TOKEN if request.endpoint == "simplejwt.refresh" else DRF_NO_ACCOUNT
-        return _response({"detail": detail}, 401, {"WWW-Authenticate": DRF_AUTHENTICATE})
-    if isinstance(error, (InvalidRefreshToken, InvalidAccessToken, MissingAccessToken)):
-        body = {"detail": _token_detail(error), "code": "token_not_valid"}
-        return _response(body, 401, {"WWW-Authenticate": DRF_AUTHENTICATE})
-    if isinstance(error, TooManyAttempts):
-        return _response({"detail": drf_throttled(error.retry_after)}, 429, error.headers)
-    status, detail = DRF_UPSTREAM.get(type(error), (500, "A server error occurred."))
-    return _response({"detail": detail}, status)
-
-
-def answered(error):
-    """The error an answer tells, whose `outcome` the metrics and the audit log count: where the SimpleJWT profile or
+def answered(error, profile=None):
+    """The error an answer tells, whose `outcome` the metrics and the audit log count: where a profile or
     enumeration-safe mode words every credential and account-state failure of a login alike, InvalidCredentials,
     the real cause kept in its `reason` (the audit log's, never a metric's)."""
     if not isinstance(error, ACCOUNT_ERRORS) or request.endpoint not in LOGIN_ENDPOINTS:
         return error
-    if _simplejwt_profile() or current_app.config["SETTINGS"].hide_account_state:
+    if (profile is not None and profile.hides_account_state) or current_app.config["SETTINGS"].hide_account_state:
         return InvalidCredentials(error.reason)
     return error
 
 
 def handle_gateway_error(error):
     """Render a GatewayError in the shape of the profile the request belongs to, and record the outcome it tells."""
-    shown = answered(error)
+    profile = _profile()
+    shown = answered(error, profile)
     record_outcome(shown.outcome, error.reason)
     if isinstance(error, (UpstreamError, ApiUpstreamError)):
         log.warning("upstream failure on %s: %s", request.path, error.reason)
     elif isinstance(error, LoginQueueTimeout):
         log.warning("login queue timeout on %s: %s", request.path, error.reason)
-    return _simplejwt_error(shown) if _simplejwt_profile() else _edm_error(shown)
+    return profile.gateway_error(shown) if profile is not None else _edm_error(shown)
 
 
 METHOD_ORDER = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
 HTTP_MESSAGES = {404: "not found", 405: "method not allowed", 413: "payload too large"}
 HTTP_OUTCOMES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-# DRF's own words where it has an exception for the status; werkzeug's long descriptions (HTML in places) never.
-DRF_HTTP_DETAILS = {
-    400: "Malformed request.",
-    401: "Authentication credentials were not provided.",
-    403: "You do not have permission to perform this action.",
-    404: "Not found.",
-    406: "Could not satisfy the request Accept header.",
-    413: "Request body too large.",
-    429: "Request was throttled.",
-    500: "A server error occurred.",
-}
 
 
 def handle_http_error(error):
@@ -439,12 +415,11 @@ def handle_http_error(error):
     record_outcome(HTTP_OUTCOMES.get(error.code, f"http_{error.code}"), error.name)
     allowed = getattr(error, "valid_methods", None) or ()
     headers = {"Allow": ", ".join(sorted(allowed, key=METHOD_ORDER.index))} if allowed else {}
-    if _simplejwt_profile():
-        detail = f'Method "{request.method}" not allowed.' if error.code == 405 else DRF_HTTP_DETAILS.get(
-            error.code, f"{error.name}.")
-        return _response({"detail": detail}, error.code, headers)
+    profile = _profile()
+    if profile is not None:
+        return profile.http_error(error, headers)
     message = HTTP_MESSAGES.get(error.code, (error.name or "error").lower())
-    return _response(edm_body(error.code, message), error.code, headers)
+    return json_answer(edm_body(error.code, message), error.code, headers)
 
 
 def handle_unexpected_error(error):
@@ -453,9 +428,10 @@ def handle_unexpected_error(error):
         return handle_http_error(error)
     record_outcome(GatewayError.outcome, f"{type(error).__name__}: {error}")
     log.exception("unexpected failure on %s %s", request.method, request.path)
-    if _simplejwt_profile():
-        return _response({"detail": "A server error occurred."}, 500)
-    return _response(edm_body(500, "internal server error"), 500)
+    profile = _profile()
+    if profile is not None:
+        return profile.internal_error()
+    return json_answer(edm_body(500, "internal server error"), 500)
 
 
 def relative_redirect():

@@ -1,19 +1,28 @@
 """Every call to Keycloak, and the only module that imports `keycloak` or `requests`.
 
-The realm's OpenID endpoints (token, logout, introspection, keys, metadata) are called through one pooled
-requests `HTTPAdapter`, shared by the threads of a worker: the token endpoint is the hot path of every login
-and refresh, and a `requests.Session` or python-keycloak around it cost twice the CPU of the call itself
-(measured: 0.74 ms per refresh through python-keycloak, 0.30 ms through the adapter). python-keycloak stays for
-what it does well, the admin API with its service-account token (the look-ups after a failed login).
+The realm's OpenID endpoints (token, logout, introspection, keys, metadata) and the Account REST API (the user's
+sessions) are called through one pooled requests `HTTPAdapter`, shared by the threads of a worker: the token
+endpoint is the hot path of every login and refresh, and a `requests.Session` or python-keycloak around it cost
+twice the CPU of the call itself (measured: 0.74 ms per refresh through python-keycloak, 0.30 ms through the
+adapter). python-keycloak stays for what it does well, the admin API with its service-account token (the look-ups
+after a failed login).
 
 It returns plain values and raises the gateway's own errors (`gateway.errors`): `_upstream()` translates
 exceptions by type, and Keycloak's JSON refusals through a table per operation. Anything it cannot place is a
 bad upstream answer (502), never a 500.
+
+Calls made for a client's request (the grants, logout, the Account API) carry the client's address as the gateway
+trusts it (`X-Forwarded-For`, after the GATEWAY_TRUSTED_PROXIES rule) and its `User-Agent`, so that Keycloak's
+session list and brute-force records show the user, not the gateway. Keycloak takes them from trusted addresses
+only (`--proxy-trusted-addresses`); with the realm's `sslRequired: external`, a public client address over plain
+http is refused ("HTTPS required": a 502 here), so production calls Keycloak over https.
 """
 
+import ipaddress
 import json
 import logging
 import os
+import re
 import threading
 import time
 import urllib.request
@@ -22,11 +31,12 @@ from dataclasses import dataclass, replace
 from urllib.parse import quote, urlencode, urlsplit
 
 import requests
-from flask import current_app
+from flask import current_app, has_request_context, request
 from keycloak import KeycloakAdmin, KeycloakOpenID, KeycloakOpenIDConnection
 from keycloak.exceptions import KeycloakConnectionError, KeycloakError
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
+from urllib3.util import SKIP_HEADER
 
 from gateway import metrics, observe
 from gateway.config import ConfigError
@@ -92,6 +102,12 @@ LOGOUT_REFUSALS = {
     ("invalid_grant", None): InvalidRefreshToken,
     ("invalid_request", "No refresh token"): InvalidRefreshToken,
 }
+# The Account REST API words its refusals as statuses (`{"error": "HTTP 401 Unauthorized"}`): by status.
+ACCOUNT_REFUSALS = {
+    401: InvalidAccessToken,  # expired, or its session ended at Keycloak
+}
+# Keycloak's answer to a forwarded public client address over plain http (the realm's sslRequired: external).
+HTTPS_REQUIRED = ("invalid_request", "HTTPS required")
 
 
 @dataclass(frozen=True)
@@ -139,11 +155,14 @@ UNAVAILABLE_STATUSES = {502: UpstreamUnavailable, 503: UpstreamUnavailable, 504:
 
 
 def _refused(operation, status, content, refusals):
-    """The gateway's error for a refusal of Keycloak: its class in `refusals`, else by the status, else a bad
-    answer."""
+    """The gateway's error for a refusal of Keycloak: its class in `refusals` (by error and description, by error, or
+    by HTTP status), else by the status, else a bad answer."""
     error, description = _refusal_of(content)
-    refusal = (refusals or {}).get((error, description)) or (refusals or {}).get((error, None))
+    refusals = refusals or {}
+    refusal = refusals.get((error, description)) or refusals.get((error, None)) or refusals.get(status)
     reason = f"{operation}: HTTP {status} {error or 'non-JSON body'}: {description or ''}".rstrip()
+    if (error, description) == HTTPS_REQUIRED:
+        reason += " (Keycloak refuses a public client address over plain http: call it over https)"
     return (refusal or UNAVAILABLE_STATUSES.get(status) or UpstreamBadResponse)(reason)
 
 
@@ -185,14 +204,73 @@ def _proxies(settings):
     return settings.proxies
 
 
-# The realm's OpenID endpoints the gateway calls, relative to `<KEYCLOAK_URL>realms/<realm>/`.
+# The realm's endpoints the gateway calls, relative to `<KEYCLOAK_URL>realms/<realm>/`.
 ENDPOINTS = {
     "token": "protocol/openid-connect/token",
     "logout": "protocol/openid-connect/logout",
     "introspect": "protocol/openid-connect/token/introspect",
     "certs": "protocol/openid-connect/certs",
     "metadata": ".well-known/openid-configuration",
+    "account sessions": "account/sessions",
 }
+USER_AGENT_LENGTH = 512  # a browser's is about 150 characters; Keycloak parses what it gets with regexes
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
+# A session id as Keycloak makes them (24 base64url characters in 26.x, a UUID before): safe as a path segment.
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,255}")
+
+
+def client_address():
+    """The client's address as the gateway trusts it (`request.remote_addr`, after the GATEWAY_TRUSTED_PROXIES
+    rule), written as an IP address, or None when it is none (a Unix socket, a proxy that sent something else)."""
+    try:
+        address = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return None
+    if address.version == 6:
+        if address.ipv4_mapped:
+            return str(address.ipv4_mapped)
+        address = ipaddress.IPv6Address(int(address))  # without a %zone, which means nothing to Keycloak
+    return str(address)
+
+
+def client_headers():
+    """What Keycloak records of the client of this request: its address and its browser. Without a `User-Agent`
+    from the client none is sent (urllib3 would send its own, and Keycloak would record the gateway's)."""
+    if not has_request_context():
+        return {}
+    headers = {"User-Agent": _UNPRINTABLE.sub("", request.headers.get("User-Agent", ""))[:USER_AGENT_LENGTH]
+               or SKIP_HEADER}
+    address = client_address()
+    if address is not None:
+        headers["X-Forwarded-For"] = address
+    return headers
+
+
+@dataclass(frozen=True)
+class AccountSession:
+    """One of the user's Keycloak sessions, as the Account REST API lists it (times in epoch seconds)."""
+
+    id: str
+    ip_address: str
+    started: int
+    last_access: int
+    expires: int
+    clients: list
+
+
+def _account_session(entry):
+    """An AccountSession of one entry of Keycloak's list; UpstreamBadResponse for anything else."""
+    if not isinstance(entry, dict):
+        raise UpstreamBadResponse("account sessions: an entry that is not an object")
+    times = [entry.get(name) for name in ("started", "lastAccess", "expires")]
+    clients = entry.get("clients", [])
+    if (not isinstance(entry.get("id"), str) or not _SESSION_ID.fullmatch(entry["id"])
+            or not isinstance(entry.get("ipAddress"), (str, type(None)))
+            or any(type(value) is not int for value in times)
+            or not isinstance(clients, list)
+            or any(not isinstance(c, dict) or not isinstance(c.get("clientId"), str) for c in clients)):
+        raise UpstreamBadResponse("account sessions: an entry without a usable id, address, times or clients")
+    return AccountSession(entry["id"], entry.get("ipAddress"), *times, [c["clientId"] for c in clients])
 
 
 class Keycloak:
@@ -227,19 +305,24 @@ class Keycloak:
         self._readiness = (None, False)  # (monotonic time it was checked, result)
         self.readiness_ttl = 5.0  # seconds a readiness answer is kept
 
-    def _call(self, operation, endpoint, form=None, refusals=None):
-        """One call to an OpenID endpoint of the realm (a POST of `form`, else a GET): its JSON object, {} for an
-        empty answer; a refusal listed in `refusals` raises its class, anything else unusable a bad answer."""
+    def _call(self, operation, endpoint, form=None, refusals=None, *, method=None, path="", bearer=None,
+              for_client=False, answer=dict):
+        """One call to an endpoint of the realm (a POST of `form`, else a GET, or `method`; `path` appended to the
+        endpoint's URL; `bearer` as the Authorization; with `for_client`, the client's address and browser): its
+        JSON value, which must be of type `answer` ({} for an empty answer); a refusal listed in `refusals` raises
+        its class, anything else unusable a bad answer."""
+        headers = {"Accept": "application/json", **(client_headers() if for_client else {})}
+        if bearer is not None:
+            headers["Authorization"] = f"Bearer {bearer}"
         request = requests.PreparedRequest()
-        request.url, request.hooks = self._urls[endpoint], {"response": []}
+        request.url, request.hooks = self._urls[endpoint] + path, {"response": []}
         if form is None:
-            request.method, request.body, request.headers = "GET", None, CaseInsensitiveDict(
-                {"Accept": "application/json"})
+            request.method, request.body = method or "GET", None
         else:
-            request.method, request.body = "POST", urlencode(form)  # ASCII (percent-encoded), as requests sends it
-            request.headers = CaseInsensitiveDict({"Accept": "application/json",
-                                                   "Content-Length": str(len(request.body)),
-                                                   "Content-Type": "application/x-www-form-urlencoded"})
+            request.method, request.body = method or "POST", urlencode(form)  # ASCII, percent-encoded, as requests does
+            headers.update({"Content-Length": str(len(request.body)),
+                            "Content-Type": "application/x-www-form-urlencoded"})
+        request.headers = CaseInsensitiveDict(headers)
         request.headers.update(observe.trace_headers())
         with _upstream(operation, refusals):
             response = self._adapter.send(request, **self._send_options)
@@ -247,8 +330,8 @@ class Keycloak:
             if not 200 <= response.status_code < 300:
                 raise _refused(operation, response.status_code, content, refusals)
             body = json.loads(content) if content else {}
-            if not isinstance(body, dict):
-                raise UpstreamBadResponse(f"{operation}: not a JSON object")
+            if not isinstance(body, answer):
+                raise UpstreamBadResponse(f"{operation}: not a JSON {answer.__name__}")
         return body
 
     def _admin(self):
@@ -282,7 +365,7 @@ class Keycloak:
         hide_account_state = self.settings.hide_account_state
         with self.turns.hold(username) as turn:
             try:
-                body = self._call("password grant", "token", form, LOGIN_REFUSALS)
+                body = self._call("password grant", "token", form, LOGIN_REFUSALS, for_client=True)
             except UpstreamTimeout:
                 turn.settle = self.settings.timeout  # Keycloak may still be working on it: no overlapping grant
                 raise
@@ -324,7 +407,7 @@ class Keycloak:
     def refresh(self, refresh_token):
         """The refresh grant: new tokens for a live session; InvalidRefreshToken when Keycloak refuses the token."""
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token, **self._client}
-        return self._tokens(self._call("refresh grant", "token", form, REFRESH_REFUSALS))
+        return self._tokens(self._call("refresh grant", "token", form, REFRESH_REFUSALS, for_client=True))
 
     def authorization_url(self, state, nonce, code_challenge):
         """Keycloak's login page for an authorization code login with PKCE (S256), at its public URL: no network
@@ -341,7 +424,7 @@ class Keycloak:
         ID token (`nonce`, `iss`, `aud`, `at_hash`) verified. LoginFailed when Keycloak refuses the code."""
         form = {"grant_type": "authorization_code", "code": code, "redirect_uri": self.settings.redirect_uri,
                 "code_verifier": code_verifier, **self._client}
-        body = self._call("code exchange", "token", form, CODE_REFUSALS)
+        body = self._call("code exchange", "token", form, CODE_REFUSALS, for_client=True)
         tokens = self._tokens(body)
         id_token = body.get("id_token")
         if not isinstance(id_token, str):
@@ -370,9 +453,25 @@ class Keycloak:
     def logout(self, refresh_token):
         """End the session of `refresh_token`; ending an ended session is not an error."""
         try:
-            self._call("logout", "logout", {"refresh_token": refresh_token, **self._client}, LOGOUT_REFUSALS)
+            self._call("logout", "logout", {"refresh_token": refresh_token, **self._client}, LOGOUT_REFUSALS,
+                       for_client=True)
         except _SessionEnded:
             pass
+
+    def sessions(self, access_token):
+        """The Keycloak sessions of the access token's user (Account REST API, with that token: no admin role), as
+        AccountSession values; InvalidAccessToken when Keycloak no longer takes the token."""
+        body = self._call("account sessions", "account sessions", refusals=ACCOUNT_REFUSALS, bearer=access_token,
+                          for_client=True, answer=list)
+        return [_account_session(entry) for entry in body]
+
+    def end_account_session(self, access_token, session_id):
+        """End one Keycloak session of the access token's user, named by an id of `sessions()`. (Keycloak answers 204
+        for any id, another user's too, and ends only the user's own: the caller checks the id first.)"""
+        if not _SESSION_ID.fullmatch(session_id):
+            raise ValueError("not a session id of Keycloak's")
+        self._call("account session end", "account sessions", method="DELETE", path="/" + quote(session_id, safe=""),
+                   refusals=ACCOUNT_REFUSALS, bearer=access_token, for_client=True)
 
     def ready(self):
         """Whether the realm's metadata and keys can be fetched now; the answer is kept `readiness_ttl` seconds."""

@@ -15,6 +15,7 @@ from gateway import version
 from gateway.schemas import (
     DrfCharField,
     LoginSchema,
+    LogoutTokenSchema,
     RefreshTokenSchema,
     TokenObtainSchema,
     TokenRefreshSchema,
@@ -53,6 +54,34 @@ class MeBody(Schema):
     status = fields.Integer(required=True, validate=validate.Equal(200))
     message = fields.String(required=True, metadata={"description": "the user id"})
     user = fields.Nested(User, required=True)
+
+
+class AccountSession(Schema):
+    """One of the user's Keycloak sessions, as Keycloak's Account API lists it."""
+
+    id = fields.String(required=True, metadata={"description": "Keycloak's session id, the tokens' `sid`"})
+    ipAddress = fields.String(required=True, allow_none=True, metadata={
+        "description": "the client address Keycloak recorded when the session began (the one the gateway passed on)"})
+    started = fields.Integer(required=True, metadata={"description": "when it began, in seconds since the epoch"})
+    lastAccess = fields.Integer(required=True, metadata={"description": "its last use, in seconds since the epoch"})
+    expires = fields.Integer(required=True, metadata={"description": "when it ends at the latest (the realm's SSO "
+                                                                     "maximum), in seconds since the epoch"})
+    current = fields.Boolean(required=True, metadata={"description": "whether it is the session of this request's "
+                                                                     "access token (or BFF session)"})
+    clients = fields.List(fields.String(), required=True, metadata={"description": "the client ids it is used by"})
+
+
+class SessionsBody(Schema):
+    status = fields.Integer(required=True, validate=validate.Equal(200))
+    message = fields.String(required=True, metadata={"description": "the user id"})
+    sessions = fields.List(fields.Nested(AccountSession), required=True)
+
+
+class BackchannelError(Schema):
+    """OpenID Connect Back-Channel Logout 1.0's error object."""
+
+    error = fields.String(required=True, validate=validate.Equal("invalid_request"))
+    error_description = fields.String(required=True, metadata={"description": "which check the logout token failed"})
 
 
 class BffSession(Schema):
@@ -114,6 +143,8 @@ HEADERS = {
 }
 BFF_CSRF = {"name": "X-CSRF", "in": "header", "required": True, "description": "the CSRF defence of BFF mode",
             "schema": {"type": "string", "enum": ["1"]}}
+SESSION_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+              "description": "a session id of the sessions list"}
 
 
 def _headers(*names):
@@ -152,6 +183,11 @@ def _edm_failures(*, upstream=True, body=True, refused=None):
         headers = ("WWW-Authenticate",) if status == 401 and any(c.headers for c in classes) else ()
         answers[str(status)] = _answer("refused", _edm(*classes), *headers)
     return answers
+
+
+def _unlimited(answers):
+    """The failures of a POST that the rate limits never hold back (the back-channel logout)."""
+    return {status: answer for status, answer in answers.items() if status != "429"}
 
 
 def _bff_failures(*refused, keycloak=True, api=False, body=False, methods=True, limited=False):
@@ -214,6 +250,21 @@ def _bff_operations():
                       # Keycloak's failures never fail a logout: the gateway's session ends first
                       **_bff_failures(e.InvalidSessionId, e.NotLoggedIn, e.MissingCsrfHeader, keycloak=False,
                                       limited=True)},
+    }
+    yield "/bff/sessions", "get", {
+        "tags": ["BFF"], "summary": "The user's Keycloak sessions, as /api/sessions lists them",
+        "parameters": [BFF_CSRF], "security": [{"bffSession": []}],
+        "responses": {"200": _answer("the sessions, the browser's own `current`", "SessionsBody", "Cache-Control"),
+                      **_bff_failures(e.NotLoggedIn, e.MissingCsrfHeader)},
+    }
+    ended = _answer("ended, at Keycloak and on every gateway", "MessageBody", "Cache-Control")
+    ended["headers"]["Set-Cookie"] = {"description": "the session cookie, expired, when the session ended was the "
+                                                     "browser's own (a logout)", "schema": {"type": "string"}}
+    yield "/bff/sessions/{id}", "delete", {
+        "tags": ["BFF"], "summary": "End one of the user's Keycloak sessions, as /api/sessions/{id} does; the "
+                                    "browser's own is a logout of it",
+        "parameters": [BFF_CSRF, SESSION_ID], "security": [{"bffSession": []}],
+        "responses": {"200": ended, **_bff_failures(e.NotLoggedIn, e.MissingCsrfHeader, e.SessionNotFound)},
     }
     parameters = [BFF_CSRF,
                   {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
@@ -292,6 +343,30 @@ def _operations(settings):
         "responses": {"200": _answer("the token's user", "MeBody", "Cache-Control"),
                       **_edm_failures(body=False, refused={401: [e.MissingAccessToken, e.InvalidAccessToken]})},
     }
+    yield "/api/sessions", "get", {
+        "tags": ["EDM"], "summary": "The user's Keycloak sessions (Keycloak's Account API, with the user's own token)",
+        "security": [{"bearer": []}],
+        "responses": {"200": _answer("the sessions, the access token's own `current`", "SessionsBody",
+                                     "Cache-Control"),
+                      **_edm_failures(body=False, refused={401: [e.MissingAccessToken, e.InvalidAccessToken]})},
+    }
+    yield "/api/sessions/{id}", "delete", {
+        "tags": ["EDM"], "summary": "End one of the user's Keycloak sessions, at Keycloak and on every gateway",
+        "parameters": [SESSION_ID], "security": [{"bearer": []}],
+        "responses": {"200": _answer("ended", "MessageBody", "Cache-Control"),
+                      **_edm_failures(body=False, refused={401: [e.MissingAccessToken, e.InvalidAccessToken],
+                                                           404: [e.SessionNotFound]})},
+    }
+    yield "/backchannel-logout", "post", {
+        "tags": ["Session integrity"], "summary": "OpenID Connect Back-Channel Logout 1.0: Keycloak says a session "
+                                                  "ended; it ends on every gateway",
+        "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
+            "schema": {"$ref": "#/components/schemas/LogoutToken"}}}},
+        "responses": {"200": {"description": "the session ended (an empty body)", "headers": _headers("Cache-Control")},
+                      "400": _answer("a logout token that fails a check, or none: nothing ends", "BackchannelError",
+                                     "Cache-Control"),
+                      **_unlimited(_edm_failures())},
+    }
     if settings.simplejwt_profile:
         yield "/users/login/", "post", {
             "tags": ["SimpleJWT"], "summary": "SimpleJWT's token pair for username and password",
@@ -369,6 +444,8 @@ def build_document(settings):
                          ("TokenRefresh", TokenRefreshSchema), ("TokenVerify", TokenVerifySchema),
                          ("DrfLoginPair", DrfLoginPair), ("DrfRefreshPair", DrfRefreshPair),
                          ("DrfVerified", DrfVerified), ("DrfDetail", DrfDetail), ("DrfTokenError", DrfTokenError),
+                         ("SessionsBody", SessionsBody), ("LogoutToken", LogoutTokenSchema),
+                         ("BackchannelError", BackchannelError),
                          *((("BffUserBody", BffUserBody),) if settings.bff else ())):
         spec.components.schema(name, schema=schema)
     spec.components.schema("DrfFieldErrors", DRF_FIELD_ERRORS)

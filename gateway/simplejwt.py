@@ -1,23 +1,115 @@
 """The SimpleJWT compatibility profile: `/users/login/`, `/users/refresh/`, `/users/verify/` as a Django REST
-Framework backend with djangorestframework-simplejwt answers them, on the same Keycloak. Errors are rendered
-in DRF's shapes by `gateway.errors`; which of SimpleJWT's words a refused token gets is decided here."""
+Framework backend with djangorestframework-simplejwt answers them, on the same Keycloak. Its errors read as DRF and
+SimpleJWT word them (`DrfErrors`, registered for every path under `/users/`); which of SimpleJWT's words a refused
+token gets is decided here too."""
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, request
 
 from gateway import keycloak, observe
 from gateway.api import rotated_refresh
 from gateway.errors import (
+    ACCOUNT_ERRORS,
     ExpiredAccessToken,
     ExpiredRefreshToken,
+    FieldErrors,
     InvalidAccessToken,
     InvalidRefreshToken,
+    LoginQueueTimeout,
+    MalformedBody,
+    MissingAccessToken,
+    Profile,
     RefreshReused,
+    StoreUnavailable,
+    TooManyAttempts,
+    UnsupportedMediaType,
+    UpstreamBadResponse,
+    UpstreamTimeout,
+    UpstreamUnavailable,
     WrongTokenType,
+    json_answer,
+    mapped,
+    register_profile,
 )
 from gateway.schemas import TokenObtainSchema, TokenRefreshSchema, TokenVerifySchema, load_drf
 from gateway.tokens import unverified_claims
 
 bp = Blueprint("simplejwt", __name__, url_prefix="/users")
+
+# The profile's words, as djangorestframework-simplejwt 5.5 and Django REST Framework 3 say them.
+NO_ACCOUNT = "No active account found with the given credentials"
+NO_ACCOUNT_FOR_TOKEN = "No active account found for the given token."
+AUTHENTICATE = 'JWT realm="api"'
+UPSTREAM = {
+    UpstreamUnavailable: (503, "Authentication service unavailable."),
+    StoreUnavailable: (503, "Authentication service unavailable."),
+    UpstreamTimeout: (504, "Authentication service timed out."),
+    LoginQueueTimeout: (504, "Authentication service timed out."),
+    UpstreamBadResponse: (502, "Authentication service error."),
+}
+# DRF's own words where it has an exception for the status; werkzeug's long descriptions (HTML in places) never.
+HTTP_DETAILS = {
+    400: "Malformed request.",
+    401: "Authentication credentials were not provided.",
+    403: "You do not have permission to perform this action.",
+    404: "Not found.",
+    406: "Could not satisfy the request Accept header.",
+    413: "Request body too large.",
+    429: "Request was throttled.",
+    500: "A server error occurred.",
+}
+
+
+def throttled(wait):
+    """DRF's `Throttled` detail, singular and plural as it words them."""
+    unit = "second" if wait == 1 else "seconds"
+    return f"Request was throttled. Expected available in {wait} {unit}."
+
+
+def _token_detail(error):
+    if isinstance(error, (ExpiredRefreshToken, ExpiredAccessToken)):
+        return "Token is expired"
+    if isinstance(error, WrongTokenType):
+        return "Token has wrong type"
+    return "Token is invalid"
+
+
+class DrfErrors(Profile):
+    """Every error under `/users/` in DRF's shapes; one 401 for every credential and account-state failure."""
+
+    prefix = "/users/"
+    hides_account_state = True
+
+    def gateway_error(self, error):
+        if isinstance(error, FieldErrors):
+            return json_answer(error.fields, 400)
+        if isinstance(error, MalformedBody):
+            return json_answer({"detail": error.detail}, 400)
+        if isinstance(error, UnsupportedMediaType):
+            return json_answer({"detail": f'Unsupported media type "{error.media_type}" in request.'}, 415)
+        if isinstance(error, ACCOUNT_ERRORS):
+            detail = NO_ACCOUNT_FOR_TOKEN if request.endpoint == "simplejwt.refresh" else NO_ACCOUNT
+            return json_answer({"detail": detail}, 401, {"WWW-Authenticate": AUTHENTICATE})
+        if isinstance(error, (InvalidRefreshToken, InvalidAccessToken, MissingAccessToken)):
+            body = {"detail": _token_detail(error), "code": "token_not_valid"}
+            return json_answer(body, 401, {"WWW-Authenticate": AUTHENTICATE})
+        if isinstance(error, TooManyAttempts):
+            return json_answer({"detail": throttled(error.retry_after)}, 429, error.headers)
+        status, detail = mapped(error, UPSTREAM, (500, "A server error occurred."))
+        return json_answer({"detail": detail}, status)
+
+    def http_error(self, error, headers):
+        detail = f'Method "{request.method}" not allowed.' if error.code == 405 else HTTP_DETAILS.get(
+            error.code, f"{error.name}.")
+        return json_answer({"detail": detail}, error.code, headers)
+
+    def internal_error(self):
+        return json_answer({"detail": "A server error occurred."}, 500)
+
+
+def register(app):
+    """Serve the profile: its blueprint, and its errors for every path under `/users/`."""
+    app.register_blueprint(bp)
+    register_profile(app, DrfErrors())
 
 obtain_schema = TokenObtainSchema()
 refresh_schema = TokenRefreshSchema()

@@ -54,10 +54,11 @@ STRIPES = 65536
 KEY_FILE = "stripe.key"
 # A refused login is told to come back after this many seconds: by then the logins ahead of it are usually done.
 RETRY_AFTER = 1
-# Keycloak clears a grant's in-flight mark a few milliseconds after it answered (measured here: grants handed on at
-# once were refused 23 times in 240, after 5 ms 4 in 240, after 10 ms or more never), so a turn begins at the
-# earliest this long after the previous grant of the username ended.
-SETTLE_SECONDS = 0.03
+# Keycloak clears a grant's in-flight mark a few milliseconds after it answered (measured here on a quiet machine:
+# grants handed on at once were refused 23 times in 240, after 5 ms 4 in 240, after 10 ms or more never; on one
+# loaded with other work, one logged in 50 ms after its previous grant was refused), so a turn begins at the earliest
+# this long after the previous grant of the username ended.
+SETTLE_SECONDS = 0.1
 # Where the lock file keeps when its username's last grant ended (CLOCK_MONOTONIC, the same in every process).
 _ENDED = struct.Struct("d")
 

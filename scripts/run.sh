@@ -34,14 +34,15 @@ export GATEWAY_REDIS_URL=${GATEWAY_REDIS_URL:-$(scripts/redis.sh url)}
 port=${GATEWAY_BIND##*:}
 if [ "$port" = 8000 ]; then default_public_url=http://localhost:8000; else default_public_url=http://127.0.0.1:$port; fi
 export GATEWAY_BFF=${GATEWAY_BFF:-true}
+export GATEWAY_TESTER_PAGE=${GATEWAY_TESTER_PAGE:-true}
 export GATEWAY_PUBLIC_URL=${GATEWAY_PUBLIC_URL:-$default_public_url}
 export GATEWAY_SESSION_SECRET=${GATEWAY_SESSION_SECRET:-edm-dev-session-secret-change-me-0123456789}
 
 # gateway/config.py's words for false
 off() { case "$(printf '%s' "$1" | tr '[:upper:]' '[:lower:]' | tr -d '[:space:]')" in 0|false|no|off) return 0 ;; esac; return 1; }
 
-# The tester page is on unless GATEWAY_TESTER_PAGE says otherwise; in BFF mode it is opened at the public URL,
-# where the session cookie lives.
+# The tester page is on unless GATEWAY_TESTER_PAGE says otherwise (the gateway's own default is off); in BFF mode it
+# is opened at the public URL, where the session cookie lives.
 page_url=http://$GATEWAY_BIND/
 off "$GATEWAY_BFF" || page_url=$GATEWAY_PUBLIC_URL/
 tester_page="Tester page: open $page_url in a browser to log in, refresh, ask who you are, log out.

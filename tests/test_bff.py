@@ -607,9 +607,11 @@ def test_bff_mode_is_off_by_default(client):
         assert (plain.get(path).status_code, plain.get(path).json) == (404, "code=404, message=not found")
 
 
-def test_the_tester_page_offers_the_keycloak_login_in_bff_mode(client, tmp_path):
-    assert b'<body data-bff="on">' in client.get("/").data
-    assert b'<body data-bff="on">' not in create_app(mock_config()).test_client().get("/").data
+def test_the_tester_page_offers_the_keycloak_login_in_bff_mode(tmp_path):
+    with_bff = bff_app(tmp_path, GATEWAY_TESTER_PAGE="true").test_client()
+    assert b'<body data-bff="on">' in with_bff.get("/").data
+    without = create_app(mock_config(GATEWAY_TESTER_PAGE="true")).test_client().get("/")
+    assert without.status_code == 200 and b'<body data-bff="on">' not in without.data
 
 
 def test_audit_events_and_no_secret_in_any_line(client, realm, caplog, app):

@@ -1,6 +1,7 @@
 """BFF mode end to end in Debian's Chromium against the real Keycloak: the tester page's `Log in with Keycloak`,
 Keycloak's own login page, back on the gateway with one `__Host-` cookie and no token in the browser, /bff/user
-with and without `X-CSRF`, a call through /bff/api/ to an echo upstream, logout, and Keycloak's session gone.
+with and without `X-CSRF`, a call through /bff/api/ to an echo upstream, logout, and Keycloak's session gone; the
+Sessions panel ending another session of the user and then the browser's own.
 
 The gateway runs on http://127.0.0.1:<port> and Keycloak on http://localhost:8180: two sites, as a portal and its
 identity provider usually are. So the SameSite=Strict cookie that the callback sets (after a redirect chain that
@@ -10,9 +11,11 @@ page then asks for: the tests show both."""
 import re
 
 import pytest
+import requests
 from playwright.sync_api import expect
 
 from tests.bff import BffGateway
+from tests.conftest import DEV_SECRET, TOKEN_URL
 from tests.test_browser_chromium import FETCH, csp_reports
 
 expect.set_options(timeout=15_000)
@@ -21,7 +24,7 @@ JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.")
 
 @pytest.fixture(scope="module")
 def gateway(keycloak_realm, echo_upstream):
-    server = BffGateway(upstreams=f"echo={echo_upstream.url}/base")
+    server = BffGateway(upstreams=f"echo={echo_upstream.url}/base", GATEWAY_TESTER_PAGE="true")
     yield server
     server.stop()
 
@@ -126,3 +129,40 @@ def test_a_page_of_another_origin_cannot_use_the_session(gateway, browser_page, 
                                                                 "mode": "no-cors", "body": "x=1"}])
     assert blind.value.status == 403
     assert len(echo_upstream.received) == before
+
+
+def test_the_sessions_panel_in_bff_mode_ends_the_other_session_then_the_browsers_own(gateway, browser_page, kc):
+    user = kc.create_user(prefix="bff")
+    other = kc.password_grant(user.username, user.password).json()  # the user's other device, straight at Keycloak
+    page = browser_page.page
+    log_in_with_keycloak(page, gateway, user)
+    expect(page.locator("#bff-username")).to_have_text(user.username)
+    expect(page.locator("#sessions-source")).to_have_text("Listed through GET /bff/sessions.")
+    page.get_by_role("button", name="List sessions").click()
+    expect(page.get_by_role("status")).to_have_text("2 sessions at Keycloak.")
+    items = page.locator("#sessions-items > li")
+    expect(items).to_have_count(2)
+    expect(items.filter(has_text="this session").locator(".session-where")).to_have_text(
+        "From 127.0.0.1 this session")
+    theirs = items.filter(has_not_text="this session")
+    with page.expect_request(lambda request: request.method == "DELETE") as ending:
+        theirs.get_by_role("button", name="End").click()
+    assert ending.value.all_headers()["x-csrf"] == "1"
+    expect(page.get_by_role("status")).to_have_text("Session ended.")
+    expect(items).to_have_count(1)
+    answer = requests.get(gateway.url + "/api/me", headers={"Authorization": f"Bearer {other['access_token']}"},
+                          timeout=10)
+    assert (answer.status_code, answer.json()) == (401, "code=401, message=access token is invalid or expired")
+    refused = requests.post(TOKEN_URL, data={"grant_type": "refresh_token", "client_id": "edmportal",
+                                             "client_secret": DEV_SECRET, "refresh_token": other["refresh_token"]},
+                            timeout=10)
+    assert (refused.status_code, refused.json()["error"]) == (400, "invalid_grant")  # ended at Keycloak too
+
+    items.first.get_by_role("button", name="End").click()
+    expect(page.get_by_role("status")).to_have_text("This session ended: its tokens are refused from now on.")
+    expect(page.get_by_role("button", name="Log in with Keycloak")).to_be_visible()  # a logout of this browser
+    expect(page.get_by_role("heading", name="Sessions")).to_be_hidden()
+    assert gateway_cookies(browser_page, gateway) == []
+    assert kc.admin.get_sessions(user.id) == []
+    assert browser_page.csp_violations() == [] and csp_reports(browser_page) == []
+    assert browser_page.page_errors == []

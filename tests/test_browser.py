@@ -50,7 +50,14 @@ def cors_client():
 
 @pytest.fixture
 def plain_client():
-    return make_app().test_client()
+    return make_app(GATEWAY_TESTER_PAGE="true").test_client()
+
+
+def test_the_tester_page_is_a_dev_feature_off_by_default():
+    client = make_app().test_client()
+    for path in ("/", "/static/tester.js"):
+        answer = client.get(path)
+        assert (answer.status_code, answer.json) == (404, "code=404, message=not found")
 
 
 def cors_headers(response):
@@ -175,7 +182,8 @@ def preflight(client, path, origin, method="POST", **extra):
 
 @pytest.mark.parametrize("path, method", [
     ("/api/login", "POST"), ("/api/refresh", "POST"), ("/api/logout", "POST"), ("/api/me", "GET"),
-    ("/users/login/", "POST"), ("/api/nowhere", "POST"), ("/", "GET"),
+    ("/users/login/", "POST"), ("/api/nowhere", "POST"), ("/", "GET"), ("/api/sessions", "GET"),
+    ("/api/sessions/some-id", "DELETE"),
 ])
 def test_a_preflight_of_an_allowed_origin_is_answered_for_the_documented_methods_and_headers(cors_client, path,
                                                                                           method):
@@ -183,7 +191,7 @@ def test_a_preflight_of_an_allowed_origin_is_answered_for_the_documented_methods
     assert (response.status_code, response.data) == (204, b"")
     assert cors_headers(response) == {
         "Access-Control-Allow-Origin": PORTAL,
-        "Access-Control-Allow-Methods": "GET, POST",
+        "Access-Control-Allow-Methods": "GET, POST, DELETE",
         "Access-Control-Allow-Headers": "Content-Type, Authorization, X-Request-ID, X-CSRF",
         "Access-Control-Max-Age": "600",
     }  # never Allow-Credentials, never Allow-Private-Network
@@ -305,8 +313,9 @@ def test_the_form_is_labelled_and_the_bff_place_is_hidden(page_parts):
     assert ids[page_parts.labels["Username"]][1]["autocomplete"] == "username"
     assert ids[page_parts.labels["Password"]][1]["type"] == "password"
     assert page_parts.buttons == ["Log in", "Log in with Keycloak", "Who am I (BFF)", "Log out (BFF)", "Refresh",
-                                  "Who am I", "Log out"]
+                                  "Who am I", "Log out", "List sessions"]
     assert "hidden" in ids["bff-login"][1]  # until the script finds the gateway in BFF mode
+    assert "hidden" in ids["sessions"][1]  # until a login, of either kind
     assert ids["login-form"][1] == {"id": "login-form", "method": "post", "action": "/api/login"}
 
 

@@ -1,6 +1,7 @@
 """The browser side in a real Chromium against the real Keycloak, the gateway under gunicorn: a portal on an allowed
 origin calls the gateway cross-origin and reads every answer, a portal on another origin cannot, and the tester
-page logs in, refreshes, asks who the user is and logs out under its Content-Security-Policy."""
+page logs in, refreshes, asks who the user is, lists and ends the user's sessions, and logs out under its
+Content-Security-Policy."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import re
 import shutil
 
 import pytest
+import requests
 from playwright.sync_api import expect
 
 from tests.browser import live_gateway
@@ -35,7 +37,7 @@ FETCH = """async ([url, init]) => {
 def gateway(keycloak_realm, static_sites):
     """One gateway for the module, allowing the first static site's origin only."""
     allowed, _ = static_sites
-    server = live_gateway(GATEWAY_CORS_ORIGINS=allowed.origin)
+    server = live_gateway(GATEWAY_CORS_ORIGINS=allowed.origin, GATEWAY_TESTER_PAGE="true")
     yield server
     server.stop()
 
@@ -250,3 +252,55 @@ def test_the_page_reads_well_on_a_phone_and_a_desktop(gateway, open_page, kc, vi
         assert box["height"] >= 44 and box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"]
     field = page.get_by_label("Username").bounding_box()
     assert field["width"] >= min(0.75 * viewport["width"], 600)
+
+
+def test_the_sessions_panel_lists_the_sessions_and_ends_the_other_one(gateway, browser_page, kc):
+    from tests.test_sessions_api_keycloak import keycloaks_own_list
+
+    user = kc.create_user(prefix="tester")
+    other = requests.post(gateway.url + "/api/login", json={"username": user.username, "password": user.password},
+                          headers={"User-Agent": "curl/8.5.0"}, timeout=30).json()  # the user's other device
+    page = browser_page.page
+    page.goto(gateway.url + "/")
+    expect(page.get_by_role("heading", name="Sessions")).to_be_hidden()
+    log_in(page, user.username, user.password)
+    expect_notice(page, "Logged in.")
+    expect(page.locator("#sessions-source")).to_have_text("Listed through GET /api/sessions.")
+    page.get_by_role("button", name="List sessions").click()
+    expect_notice(page, "2 sessions at Keycloak.")
+    expect(page.locator("#request-line")).to_have_text("GET /api/sessions: HTTP 200")
+    items = page.locator("#sessions-items > li")
+    expect(items).to_have_count(2)
+    mine, theirs = items.filter(has_text="this session"), items.filter(has_not_text="this session")
+    expect(mine.locator(".session-where")).to_have_text("From 127.0.0.1 this session")
+    expect(theirs.locator(".session-where")).to_have_text("From 127.0.0.1")
+    for item in (mine, theirs):
+        facts = item.locator("dd")
+        expect(facts.nth(0)).to_have_text(re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$"))  # started
+        expect(facts.nth(1)).to_have_text(re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$"))  # last access
+        expect(facts.nth(2)).to_have_text("edmportal")
+    chromium = re.search(r"(HeadlessChrome/\d+\.\d+\.\d+)\.", page.evaluate("navigator.userAgent")).group(1)
+    recorded = sorted(session.get("browser") for session in keycloaks_own_list(other["accessToken"]).values())
+    assert recorded == [chromium, "curl/8.5.0"]  # Keycloak's record of each: its own browser, not the gateway's
+
+    theirs.get_by_role("button", name="End").click()
+    expect_notice(page, "Session ended.")
+    expect(items).to_have_count(1)
+    answer = requests.get(gateway.url + "/api/me", headers={"Authorization": f"Bearer {other['accessToken']}"},
+                          timeout=10)
+    assert (answer.status_code, answer.json()) == (401, "code=401, message=access token is invalid or expired")
+    page.get_by_role("button", name="List sessions").click()
+    expect_notice(page, "1 session at Keycloak.")
+    expect(items).to_have_count(1)
+    expect(items.first.locator(".session-where")).to_have_text("From 127.0.0.1 this session")
+
+    items.first.get_by_role("button", name="End").click()
+    expect_notice(page, "This session ended: its tokens are refused from now on.")
+    expect(page.get_by_role("heading", name="Sessions")).to_be_hidden()
+    expect(page.locator("#session-state")).to_have_text("session ended in the Sessions panel; the old tokens are kept")
+    page.get_by_role("button", name="Who am I").click()
+    expect_alert(page, "code=401, message=access token is invalid or expired")
+    assert kc.admin.get_sessions(user.id) == []
+    assert browser_page.stored() == {"localStorage": [], "sessionStorage": [], "document.cookie": "", "cookies": []}
+    assert browser_page.csp_violations() == [] and csp_reports(browser_page) == []
+    assert browser_page.page_errors == []

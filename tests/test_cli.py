@@ -39,7 +39,7 @@ def test_check_config_says_what_it_will_serve_in_one_line():
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == (
         "edm-gateway: configuration ok: Keycloak http://localhost:8180/auth/ realm edm client edmportal; serving "
-        "EDM API, SimpleJWT profile, tester page; shared state per host; gunicorn on 127.0.0.1:8000 with 3 workers "
+        "EDM API, SimpleJWT profile; shared state per host; gunicorn on 127.0.0.1:8000 with 3 workers "
         "x 8 threads\n")
 
 

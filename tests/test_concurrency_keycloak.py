@@ -3,14 +3,13 @@ users up, and concurrent logins of one username never fail falsely (Keycloak ref
 may be told to come back (the documented 429 with Retry-After: 1) where more logins of its username arrive than
 the bound lets wait, here more than 3 in one worker; the clients below do, as the portal should."""
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from tests.conftest import DEV_SECRET, LIVE_URL, TOKEN_URL, Gunicorn
+from tests.conftest import DEV_SECRET, LIVE_URL, Gunicorn
 
 
 @pytest.fixture
@@ -61,37 +60,6 @@ def test_one_user_logging_in_many_times_at_once_never_fails_falsely(gateway, kc)
     user = kc.create_user()
     assert [told(a) for a in login_all(gateway, [user] * 12, workers=12)] == [(200, user.id)] * 12
     assert kc.admin.get_bruteforce_detection_status(user.id)["numFailures"] == 0
-
-
-def test_upstream_fact_keycloak_alone_refuses_overlapping_grants(kc):
-    """The reason the gateway queues grants: straight to Keycloak, right-password grants of one user that overlap
-    are refused as a wrong password. Eight connections opened beforehand send theirs at one instant, round after
-    round, until Keycloak has refused some (measured: most of each round); a Keycloak that takes grants in turn
-    refuses none in 40 rounds."""
-    user = kc.create_user()
-    sessions = [requests.Session() for _ in range(8)]
-    for session in sessions:  # connected and kept alive: a round is eight writes, not eight connects
-        assert session.get(f"{LIVE_URL}realms/edm", timeout=10).status_code == 200
-    form = {"grant_type": "password", "client_id": "edmportal", "client_secret": DEV_SECRET,
-            "username": user.username, "password": user.password}
-    refused, rounds = [], 0
-    with ThreadPoolExecutor(max_workers=len(sessions)) as pool:
-        while not refused and rounds < 40:
-            rounds += 1
-            start = threading.Barrier(len(sessions))
-
-            def grant(session, start=start):
-                start.wait(10)
-                return session.post(TOKEN_URL, data=form, timeout=30)
-
-            answers = list(pool.map(grant, sessions))
-            refused = [a.json() for a in answers if a.status_code != 200]
-    for session in sessions:
-        session.close()
-    assert refused, "Keycloak no longer refuses overlapping grants: the per-username queue may be unnecessary"
-    assert {(r["error"], r["error_description"]) for r in refused} == {("invalid_grant", "Invalid user credentials")}
-    assert kc.admin.get_bruteforce_detection_status(user.id)["numFailures"] == 0  # not counted as failures
-    print(f"\nKeycloak refused {len(refused)} of 8 overlapping grants in round {rounds}")
 
 
 def test_right_and_wrong_passwords_of_one_user_at_once_are_each_told_truly(gateway, kc):

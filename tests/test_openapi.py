@@ -21,9 +21,9 @@ def test_the_document_is_valid_openapi_3_1(client):
 def test_every_endpoint_of_both_profiles_is_documented(client):
     paths = {path: sorted(item) for path, item in client.get("/openapi.json").json["paths"].items()}
     assert paths == {"/api/login": ["post"], "/api/refresh": ["post"], "/api/logout": ["post"], "/api/me": ["get"],
+                     "/api/sessions": ["get"], "/api/sessions/{id}": ["delete"], "/backchannel-logout": ["post"],
                      "/users/login/": ["post"], "/users/refresh/": ["post"], "/users/verify/": ["post"],
-                     "/healthz": ["get"], "/readyz": ["get"], "/metrics": ["get"], "/openapi.json": ["get"],
-                     "/": ["get"], "/static/{file}": ["get"]}
+                     "/healthz": ["get"], "/readyz": ["get"], "/metrics": ["get"], "/openapi.json": ["get"]}
 
 
 def test_a_profile_switched_off_is_not_documented():
@@ -60,6 +60,7 @@ def test_bff_mode_is_documented_when_it_is_on(tmp_path):
     validate(document, cls=OpenAPIV31SpecValidator)
     paths = {path: sorted(item) for path, item in document["paths"].items() if path.startswith("/bff/")}
     assert paths == {"/bff/login": ["get"], "/bff/callback": ["get"], "/bff/user": ["get"], "/bff/logout": ["post"],
+                     "/bff/sessions": ["get"], "/bff/sessions/{id}": ["delete"],
                      "/bff/api/{name}/{path}": ["delete", "get", "patch", "post", "put"]}
     user = document["paths"]["/bff/user"]["get"]
     assert user["responses"]["401"]["content"]["application/json"]["schema"] == {
@@ -76,3 +77,24 @@ def test_bff_mode_is_documented_when_it_is_on(tmp_path):
     assert posted["400"]["content"]["application/json"]["schema"]["enum"] == ["code=400, message=invalid upstream path"]
     assert api["503"]["content"]["application/json"]["schema"]["enum"] == [
         "code=503, message=authentication service unavailable", "code=503, message=upstream service unavailable"]
+
+
+def test_the_sessions_and_the_back_channel_logout_are_documented_with_their_bodies(client):
+    document = client.get("/openapi.json").json
+    schemas = document["components"]["schemas"]
+    assert list(schemas["AccountSession"]["properties"]) == ["id", "ipAddress", "started", "lastAccess", "expires",
+                                                             "current", "clients"]
+    assert schemas["AccountSession"]["properties"]["ipAddress"]["type"] == ["string", "null"]
+    assert schemas["AccountSession"]["properties"]["clients"] == {
+        "type": "array", "items": {"type": "string"}, "description": "the client ids it is used by"}
+    ended = document["paths"]["/api/sessions/{id}"]["delete"]["responses"]
+    assert ended["404"]["content"]["application/json"]["schema"] == {
+        "type": "string", "enum": ["code=404, message=session not found"]}
+    assert sorted(ended) == ["200", "401", "404", "405", "500", "502", "503", "504"]
+    backchannel = document["paths"]["/backchannel-logout"]["post"]
+    assert list(backchannel["requestBody"]["content"]) == ["application/x-www-form-urlencoded"]
+    assert schemas["LogoutToken"]["required"] == ["logout_token"]
+    assert "content" not in backchannel["responses"]["200"]
+    assert sorted(backchannel["responses"]["200"]["headers"]) == ["Cache-Control", "X-Request-ID"]
+    assert schemas["BackchannelError"]["properties"]["error"] == {"type": "string", "enum": ["invalid_request"]}
+    assert "429" not in backchannel["responses"]  # never held back by the rate limits

@@ -17,15 +17,32 @@ pytestmark = pytest.mark.keycloak  # the whole module: its last test reads what 
 UNPROVOKED = {"500"}
 BFF_PUBLIC_URL = "http://127.0.0.1:8999"  # Keycloak sends the browser there; this module's browser never goes
 API = "/bff/api/{name}/{path}"
+SESSION = "/api/sessions/{id}"
+BFF_SESSION = "/bff/sessions/{id}"
 CSRF = {"X-CSRF": "1"}
+
+
+def forged_logout_token():
+    """A logout token signed by a key the realm does not have: refused once the realm's keys are read."""
+    from tests.conftest import Signer
+    from tests.test_backchannel import logout_claims, sign
+
+    return sign(Signer(kid="not-the-realms"), logout_claims())
 
 
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory):
     """The document of a gateway with every profile and BFF mode on, and everything checked against it by the
     module's tests."""
-    app = create_app(bff_config(GATEWAY_PUBLIC_URL=BFF_PUBLIC_URL, TMPDIR=str(tmp_path_factory.mktemp("bff"))))
+    app = create_app(bff_config(GATEWAY_PUBLIC_URL=BFF_PUBLIC_URL, GATEWAY_TESTER_PAGE="true",
+                                TMPDIR=str(tmp_path_factory.mktemp("bff"))))
     return Document(app.test_client().get("/openapi.json").json)
+
+
+@pytest.fixture
+def live_app(kc):
+    """The module's gateway on the real Keycloak, with the tester page on (its answers are documented too)."""
+    return create_app(live_config(GATEWAY_TESTER_PAGE="true"))
 
 
 @pytest.fixture
@@ -69,7 +86,13 @@ def test_upstream_failures(call, kc, silent_url):
                            ("/users/login/", {"username": "a", "password": "b"}), ("/users/refresh/", {"refresh": "r"}),
                            ("/users/verify/", {"token": "eyJhbGciOiJIUzUxMiJ9.eyJ0eXAiOiJSZWZyZXNoIn0.c2ln"})):
             assert call("POST", path, client=client, json=body).status_code == status
-        assert call("GET", "/api/me", client=client, headers={"Authorization": f"Bearer {token}"}).status_code == status
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert call("GET", "/api/me", client=client, headers=bearer).status_code == status
+        assert call("GET", "/api/sessions", client=client, headers=bearer).status_code == status
+        assert call("DELETE", "/api/sessions/s-1", client=client, headers=bearer,
+                    path_template=SESSION).status_code == status
+        assert call("POST", "/backchannel-logout", client=client,
+                    data={"logout_token": forged_logout_token()}).status_code == status
     assert call("GET", "/readyz", client=unreachable).json == "code=503, message=keycloak unavailable"
 
 
@@ -94,6 +117,78 @@ def test_session_answers(call, kc):
     other_tokens = login(call, other.username, other.password).json
     kc.admin.update_user(other.id, {"enabled": False})
     assert call("POST", "/api/refresh", json={"refreshToken": other_tokens["refreshToken"]}).status_code == 403
+
+
+def test_sessions_answers(call, kc):
+    user, other = kc.create_user(), kc.create_user()
+    mine, second = login(call, user.username, user.password).json, login(call, user.username, user.password).json
+    bearer = {"Authorization": f"Bearer {mine['accessToken']}"}
+    listed = call("GET", "/api/sessions", headers=bearer).json["sessions"]
+    assert len(listed) == 2
+    assert call("GET", "/api/sessions").json == "code=401, message=missing access token"
+    assert call("GET", "/api/sessions", headers={"Authorization": "Bearer x.y.z"}).status_code == 401
+    assert call("POST", "/api/sessions", headers=bearer).status_code == 405
+    others = login(call, other.username, other.password).json
+    foreign = _sid(others["accessToken"])
+    assert call("DELETE", f"/api/sessions/{foreign}", headers=bearer, path_template=SESSION).json == (
+        "code=404, message=session not found")
+    assert call("DELETE", "/api/sessions/s-1", path_template=SESSION).status_code == 401
+    assert call("GET", "/api/sessions/s-1", path_template=SESSION).status_code == 405
+    ended = call("DELETE", f"/api/sessions/{_sid(second['accessToken'])}", headers=bearer, path_template=SESSION)
+    assert ended.json == {"status": 200, "message": "session ended"}
+
+
+def _sid(access_token):
+    from tests.test_session_integrity_keycloak import _sid as sid
+
+    return sid(access_token)
+
+
+@pytest.fixture
+def back_channel_client(kc):
+    """A client of the realm like `edmportal`, whose back-channel logouts go to a catcher of the test's: (client id,
+    secret, the catcher). The realm's own clients stay as they are for the other tests."""
+    import secrets
+
+    from tests.conftest import SUITE_SECRETS
+    from tests.test_session_integrity_keycloak import Catcher
+
+    catcher = Catcher()
+    client_id, secret = f"bctest{secrets.token_hex(4)}", secrets.token_hex(16)
+    SUITE_SECRETS.add(secret)
+    internal_id = kc.admin.create_client({
+        "clientId": client_id, "secret": secret, "publicClient": False, "protocol": "openid-connect",
+        "standardFlowEnabled": False, "directAccessGrantsEnabled": True, "serviceAccountsEnabled": False,
+        "attributes": {"backchannel.logout.url": catcher.url, "backchannel.logout.session.required": "true"},
+    })
+    yield client_id, secret, catcher
+    kc.admin.delete_client(internal_id)
+    catcher.stop()
+
+
+def test_back_channel_logout_answers(call, kc, back_channel_client):
+    import time
+
+    from tests.conftest import SUITE_SECRETS
+
+    client_id, secret, catcher = back_channel_client
+    gateway = create_app(live_config(KEYCLOAK_CLIENT_ID=client_id, KEYCLOAK_CLIENT_SECRET=secret)).test_client()
+    user = kc.create_user()
+    assert login(call, user.username, user.password, client=gateway).status_code == 200
+    kc.admin.user_logout(user.id)
+    deadline = time.monotonic() + 5
+    while not catcher.tokens and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(catcher.tokens) == 1
+    SUITE_SECRETS.add(catcher.tokens[0])
+    genuine = {"logout_token": catcher.tokens[0]}
+    answer = call("POST", "/backchannel-logout", client=gateway, data=genuine)
+    assert (answer.status_code, answer.get_data()) == (200, b"")
+    assert call("POST", "/backchannel-logout", client=gateway, data=genuine).json["error"] == "invalid_request"
+    assert call("POST", "/backchannel-logout", data={"logout_token": "not-a-jwt"}).status_code == 400
+    assert call("POST", "/backchannel-logout", data={}).status_code == 400
+    assert call("GET", "/backchannel-logout").status_code == 405
+    assert call("POST", "/backchannel-logout", data={"logout_token": "x" * 20000}).status_code == 413
 
 
 def test_simplejwt_answers(call, kc):
@@ -205,7 +300,26 @@ def test_bff_answers(call, kc, tmp_path, echo_upstream, silent_url, garbage_serv
         assert api("/bff/api/slow/x", headers=CSRF) == 504
         assert api("/bff/api/garbage/x", headers=CSRF) == 502
     assert call("TRACE", "/bff/api/echo/x", client=client, headers=CSRF, path_template=API).status_code == 405
+    sessions = call("GET", "/bff/sessions", client=client, headers=CSRF)
+    assert [s["current"] for s in sessions.json["sessions"]] == [True]
+    assert call("GET", "/bff/sessions", client=client).status_code == 403
+    assert call("POST", "/bff/sessions", client=client, headers=CSRF).status_code == 405
+    own = sessions.json["sessions"][0]["id"]
+    assert call("DELETE", "/bff/sessions/nosuch", client=client, headers=CSRF,
+                path_template=BFF_SESSION).json == "code=404, message=session not found"
+    assert call("DELETE", f"/bff/sessions/{own}", client=client, path_template=BFF_SESSION).status_code == 403
+    assert call("GET", f"/bff/sessions/{own}", client=client, headers=CSRF,
+                path_template=BFF_SESSION).status_code == 405
     assert call("POST", me.json["session"]["logoutUrl"], client=client, headers=CSRF).status_code == 200
+    assert call("GET", "/bff/sessions", client=client, headers=CSRF).status_code == 401
+    assert call("DELETE", f"/bff/sessions/{own}", client=client, headers=CSRF,
+                path_template=BFF_SESSION).status_code == 401
+    cookie = bff_log_in(call, client, user)
+    assert cookie
+    own = call("GET", "/bff/sessions", client=client, headers=CSRF).json["sessions"][0]["id"]
+    ended = call("DELETE", f"/bff/sessions/{own}", client=client, headers=CSRF, path_template=BFF_SESSION)
+    assert ended.json == {"status": 200, "message": "session ended"}
+    assert call("GET", "/bff/user", client=client, headers=CSRF).status_code == 401  # a logout of it
 
 
 def test_bff_upstream_failures(call, kc, tmp_path, silent_url):
@@ -220,6 +334,10 @@ def test_bff_upstream_failures(call, kc, tmp_path, silent_url):
         assert call("GET", f"/bff/callback?state={state}&code=c&iss={issuer}", client=client).status_code == status
         planted_session(client)
         assert call("GET", "/bff/user", client=client, headers=CSRF).status_code == status
+        planted_session(client, expires_in=300)  # no refresh due: the Account API call itself fails
+        assert call("GET", "/bff/sessions", client=client, headers=CSRF).status_code == status
+        assert call("DELETE", "/bff/sessions/kc-sid", client=client, headers=CSRF,
+                    path_template=BFF_SESSION).status_code == status
         planted_session(client, expires_in=300)  # a logout never fails open: Keycloak's failure is only logged
         assert call("POST", "/bff/logout?sid=kc-sid", client=client, headers=CSRF).status_code == 200
     limited = bff_client(tmp_path / "limited", GATEWAY_LIMIT_PER_ADDRESS="1/minute")

@@ -50,3 +50,31 @@ def test_deeply_nested_tokens_are_invalid_not_a_crash(client, upstream):
     verify = client.post("/users/verify/", json={"token": token})
     invalid = {"detail": "Token is invalid", "code": "token_not_valid"}
     assert (refresh.status_code, refresh.json) == (verify.status_code, verify.json) == (401, invalid)
+
+
+def test_a_new_subclass_of_a_mapped_error_reads_as_its_parent_never_a_500(app):
+    from gateway import errors
+
+    class KeycloakGone(errors.UpstreamUnavailable):
+        pass
+
+    class StoreGone(errors.StoreUnavailable):
+        pass
+
+    @app.post("/users/raise/<kind>")
+    def raise_it(kind):
+        raise {"keycloak": KeycloakGone, "store": StoreGone}[kind]("test")
+
+    for kind in ("keycloak", "store"):
+        answer = app.test_client().post(f"/users/raise/{kind}")
+        assert (answer.status_code, answer.json) == (503, {"detail": "Authentication service unavailable."})
+
+
+def test_the_error_module_imports_no_profile():
+    import ast
+    import pathlib
+
+    tree = ast.parse(pathlib.Path(__file__).parent.parent.joinpath("gateway", "errors.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)} | {
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {name for name in imported if name and name.startswith("gateway.") and name != "gateway.observe"}

@@ -76,6 +76,8 @@ function showExpiry() {
 }
 
 function keepTokens(body) {
+  sessionsPanel.api = true;
+  showSessionsPanel();
   session.accessToken = body.accessToken;
   session.refreshToken = body.refreshToken;
   session.expiresAt = performance.now() + body.expiresIn * 1000;
@@ -130,6 +132,8 @@ async function logOut() {
   if (result.ok) {
     // The old tokens stay, so that a tester can see the refresh token refused from now on.
     byId("session-state").textContent = "logged out: the session ended at Keycloak; the old tokens are kept";
+    sessionsPanel.api = false;
+    showSessionsPanel();
   }
 }
 
@@ -144,6 +148,8 @@ function showBffExpiry() {
 
 function showBffSession(body) {
   const loggedIn = body !== null;
+  sessionsPanel.bff = loggedIn;
+  showSessionsPanel();
   byId("bff-anonymous").hidden = loggedIn;
   byId("bff-session").hidden = !loggedIn;
   clearInterval(bff.timer);
@@ -177,6 +183,102 @@ function bffLogIn() {
   // A navigation, not a fetch: Keycloak's login page, then back to this page with the session cookie.
   window.location.assign(`/bff/login?returnUrl=${encodeURIComponent(window.location.pathname)}`);
 }
+
+// The Sessions panel: the user's Keycloak sessions, through the login this page holds (the tokens in its memory
+// first, else the BFF session), each with an End button.
+const sessionsPanel = { api: false, bff: false };
+
+function sessionsRoute() {
+  if (sessionsPanel.api) return { path: "/api/sessions", mode: "api" };
+  if (sessionsPanel.bff) return { path: "/bff/sessions", mode: "bff" };
+  return null;
+}
+
+// The credentials of a route, read when a call is made: the page's access token may have been refreshed since.
+const credentials = (route) => (route.mode === "api" ? { accessToken: session.accessToken } : { bff: true });
+
+function showSessionsPanel() {
+  const route = sessionsRoute();
+  const changed = byId("sessions-source").dataset.path !== (route ? route.path : "");
+  byId("sessions").hidden = route === null;
+  if (!changed) return;
+  byId("sessions-source").dataset.path = route ? route.path : "";
+  byId("sessions-source").textContent = route ? `Listed through GET ${route.path}.` : "";
+  byId("sessions-items").replaceChildren();
+}
+
+const twoDigits = (number) => String(number).padStart(2, "0");
+
+// Keycloak's epoch seconds as this browser's local time, e.g. 2026-12-03 14:05:09.
+function localTime(seconds) {
+  const at = new Date(seconds * 1000);
+  const day = `${at.getFullYear()}-${twoDigits(at.getMonth() + 1)}-${twoDigits(at.getDate())}`;
+  return `${day} ${twoDigits(at.getHours())}:${twoDigits(at.getMinutes())}:${twoDigits(at.getSeconds())}`;
+}
+
+function addFact(list, term, value) {
+  const name = document.createElement("dt");
+  name.textContent = term;
+  const text = document.createElement("dd");
+  text.textContent = value;
+  list.append(name, text);
+}
+
+function sessionItem(listed, index, route) {
+  const item = document.createElement("li");
+  item.className = "session-item";
+  item.dataset.current = String(listed.current);
+  const where = document.createElement("p");
+  where.className = "session-where";
+  where.id = `session-where-${index}`;
+  where.textContent = `From ${listed.ipAddress ?? "an unknown address"}`;
+  if (listed.current) {
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    badge.textContent = "this session";
+    where.append(" ", badge);
+  }
+  const facts = document.createElement("dl");
+  facts.className = "facts";
+  addFact(facts, "Started", localTime(listed.started));
+  addFact(facts, "Last access", localTime(listed.lastAccess));
+  addFact(facts, "Used by", listed.clients.join(", ") || "no client");
+  const end = document.createElement("button");
+  end.type = "button";
+  end.textContent = "End";
+  end.setAttribute("aria-describedby", where.id);
+  end.addEventListener("click", () => busy(() => endSession(listed, item, route)));
+  item.append(where, facts, end);
+  return item;
+}
+
+async function listSessions() {
+  const route = sessionsRoute();
+  if (route === null) return;
+  const result = await call("GET", route.path, credentials(route));
+  const count = result.ok ? result.body.sessions.length : 0;
+  report(result, `${count} ${count === 1 ? "session" : "sessions"} at Keycloak.`);
+  if (!result.ok) return;
+  byId("sessions-items").replaceChildren(...result.body.sessions.map((listed, i) => sessionItem(listed, i, route)));
+}
+
+async function endSession(listed, item, route) {
+  const result = await call("DELETE", `${route.path}/${encodeURIComponent(listed.id)}`, credentials(route));
+  const own = listed.current;
+  report(result, own ? "This session ended: its tokens are refused from now on." : "Session ended.");
+  if (!result.ok) return;
+  item.remove();
+  if (!own) return;
+  if (route.mode === "bff") {
+    showBffSession(null); // the browser's own session: a logout of it
+  } else {
+    byId("session-state").textContent = "session ended in the Sessions panel; the old tokens are kept";
+    sessionsPanel.api = false;
+    showSessionsPanel();
+  }
+}
+
+byId("sessions-list").addEventListener("click", () => busy(listSessions));
 
 if (document.body.dataset.bff === "on") {
   byId("bff-login").hidden = false;
