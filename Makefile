@@ -5,7 +5,7 @@ BENCH_ARGS ?=
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install prerequisites keycloak keycloak-stop keycloak-reset redis redis-stop run test lint floors bench profile topology topology-stop
+.PHONY: install prerequisites keycloak keycloak-stop keycloak-reset redis redis-stop run test lint floors bench profile topology topology-stop api-docs
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,3 +73,7 @@ bench: install
 profile: install
 	@$(VENV)/bin/pip install -q --disable-pip-version-check -r bench/requirements-profile.txt
 	@scripts/bench.sh --profile $(BENCH_ARGS)
+
+## api-docs: docs/openapi.json (edm-gateway openapi) and docs/api.html (Redoc, @redocly/cli from npm, cached outside the repository)
+api-docs: $(STAMP)
+	@scripts/api-docs.sh

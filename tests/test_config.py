@@ -155,7 +155,7 @@ def test_the_gateway_reads_no_environment_variable_outside_config():
 
 
 # The document that lists every variable, and the heading of the part of it that does (None: all of it).
-CONFIGURATION_DOCUMENT = (ROOT / "README.md", "## Configuration")
+CONFIGURATION_DOCUMENT = (ROOT / "docs" / "configuration.md", None)
 _NAMES_CELL = re.compile(r"`[A-Za-z_][A-Za-z0-9_]*`(\s*[,/]\s*`[A-Za-z_][A-Za-z0-9_]*`)*")
 
 

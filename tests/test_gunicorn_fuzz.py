@@ -14,7 +14,7 @@ from tests.conftest import ROOT, Gunicorn, free_port
 
 REQUESTS = 1500
 TOKEN_LIMIT = 8192  # the longest bearer token the gateway reads (gateway/schemas.py)
-# gunicorn's limits as gateway/gunicorn_conf.py sets them (the README lists the same)
+# gunicorn's limits as gateway/gunicorn_conf.py sets them (docs/operations.md lists the same)
 FIELD_SIZE, REQUEST_LINE, FIELDS = 16384, 8190, 100
 
 
@@ -97,7 +97,7 @@ def test_raw_requests_get_no_5xx_no_trace_and_the_gateways_own_answer_within_its
     pytest.__dict__.setdefault("fuzzed_requests", {})["raw to gunicorn"] = REQUESTS
     print("\ngateway's JSON answers:", dict(sorted(gateways.items())))
     print("gunicorn's HTML answers:", dict(sorted(gunicorns.items())))
-    # What remains gunicorn's, as the README lists it: nothing else.
+    # What remains gunicorn's, as docs/operations.md lists it: nothing else.
     assert {status for _, status in gunicorns} <= {400, 414, 431}
     assert {kind for kind, _ in gunicorns} <= {"control character", "request line", "header size", "token size",
                                                "many headers"}
