@@ -64,12 +64,14 @@ def register(app, settings, store, ended):
     """Serve `/bff/`: sessions in the gateway's store (`gateway/store/`), ended with their Keycloak session
     (`ended`, gateway/revocations.py), logins in the browser's cookie, the upstreams, the blueprint."""
     register_secret(settings.session_secret)
-    sessions = Sessions(store, settings.session_secret, settings.timeout,
+    register_secret(settings.session_secret_previous)
+    previous = (settings.session_secret_previous,) if settings.session_secret_previous else ()
+    sessions = Sessions(store, settings.session_secret, settings.timeout, previous_secrets=previous,
                         ended=lambda session: ended.ended({"sid": session.sid, "sub": session.sub, **{
                             name: session.claims[name] for name in ("auth_time", "iat") if name in session.claims}}))
     ended.listeners.append(sessions.end_sid)
     app.extensions["bff_sessions"] = sessions
-    app.extensions["bff_logins"] = Logins(store, settings.session_secret)
+    app.extensions["bff_logins"] = Logins(store, settings.session_secret, previous_secrets=previous)
     app.extensions["bff_upstreams"] = proxy.Upstreams(settings)
     app.url_map.converters["everything"] = _Everything
     app.register_blueprint(bp)

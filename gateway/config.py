@@ -266,6 +266,8 @@ VARIABLES = {
     "GATEWAY_BFF": ("bff", _flag, "false"),
     "GATEWAY_PUBLIC_URL": ("public_url", _public_url, "http://localhost:8000"),
     "GATEWAY_SESSION_SECRET": ("session_secret", _unless_unset(_session_secret), ""),
+    # the secret before GATEWAY_SESSION_SECRET, still accepted for reading while a new one is rolled out
+    "GATEWAY_SESSION_SECRET_PREVIOUS": ("session_secret_previous", _unless_unset(_session_secret), ""),
     "GATEWAY_BFF_UPSTREAMS": ("bff_upstreams", _upstreams, ""),
     "GATEWAY_REDIS_URL": ("redis_url", _unless_unset(_redis_url), ""),
     # refresh-token rotation (gateway/rotation.py): how long the same old token gets the same new tokens
@@ -292,7 +294,7 @@ VARIABLES = {
 
 # Secrets that may also come from a file, the container convention (Docker and Kubernetes secrets): the variable
 # NAME_FILE names the file.
-SECRET_FILES = ("KEYCLOAK_CLIENT_SECRET", "GATEWAY_SESSION_SECRET")
+SECRET_FILES = ("KEYCLOAK_CLIENT_SECRET", "GATEWAY_SESSION_SECRET", "GATEWAY_SESSION_SECRET_PREVIOUS")
 # Every environment variable the gateway reads.
 NAMES = (*VARIABLES, *(f"{name}_FILE" for name in SECRET_FILES))
 # A secret file is a few dozen bytes; a larger one is a mistake (or /dev/zero), not a secret.
@@ -323,6 +325,7 @@ class Settings:
     bff: bool
     public_url: str
     session_secret: str = field(repr=False)
+    session_secret_previous: str = field(repr=False)
     bff_upstreams: tuple  # ((name, base URL), ...)
     # may carry a password (redis://:password@host): not in repr
     redis_url: str = field(repr=False)

@@ -26,8 +26,8 @@ CSRF = {"X-CSRF": "1"}
 
 
 def bff_app(tmp_path, **overrides):
-    return create_app(mock_config(GATEWAY_BFF="true", GATEWAY_SESSION_SECRET=BFF_SECRET, GATEWAY_PUBLIC_URL=PUBLIC,
-                                  TMPDIR=str(tmp_path), **overrides))
+    return create_app(mock_config(**{"GATEWAY_BFF": "true", "GATEWAY_SESSION_SECRET": BFF_SECRET,
+                                     "GATEWAY_PUBLIC_URL": PUBLIC, "TMPDIR": str(tmp_path), **overrides}))
 
 
 @pytest.fixture
@@ -664,3 +664,18 @@ def test_a_back_channel_logout_deletes_the_bff_sessions_of_its_keycloak_session(
     for path, method in (("/bff/user", "GET"), ("/bff/api/echo/x", "GET")):
         answer = client.open(path, method=method, headers=CSRF)
         assert (answer.status_code, answer.json) == (401, "code=401, message=not logged in")
+
+
+def test_a_new_session_secret_keeps_the_sessions_of_the_previous_one(tmp_path, realm, signer):
+    old = bff_app(tmp_path).test_client()
+    log_in(old, realm)
+    cookie = old.get_cookie("__Host-edm-session").value
+    new_secret = BFF_SECRET + "-rotated-in"
+    rotated = bff_app(tmp_path, GATEWAY_SESSION_SECRET=new_secret, GATEWAY_SESSION_SECRET_PREVIOUS=BFF_SECRET)
+    browser = rotated.test_client()
+    browser.set_cookie("__Host-edm-session", cookie)
+    assert browser.get("/bff/user", headers=CSRF).json["user"]["id"] == "mock-user-id"
+    without = bff_app(tmp_path, GATEWAY_SESSION_SECRET=new_secret).test_client()  # the old secret dropped too soon
+    without.set_cookie("__Host-edm-session", cookie)
+    answer = without.get("/bff/user", headers=CSRF)
+    assert (answer.status_code, answer.json) == (401, "code=401, message=not logged in")

@@ -1,5 +1,7 @@
 """The OpenAPI 3.1 document: valid, served without a network call, covering what the app serves."""
 
+import re
+
 import responses
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation import OpenAPIV31SpecValidator
@@ -98,3 +100,26 @@ def test_the_sessions_and_the_back_channel_logout_are_documented_with_their_bodi
     assert sorted(backchannel["responses"]["200"]["headers"]) == ["Cache-Control", "X-Request-ID"]
     assert schemas["BackchannelError"]["properties"]["error"] == {"type": "string", "enum": ["invalid_request"]}
     assert "429" not in backchannel["responses"]  # never held back by the rate limits
+
+
+def _template(path):
+    """A path with its parameters unnamed: Flask's `<name>` and OpenAPI's `{name}` alike become `{}`."""
+    return re.sub(r"<(?:[a-z]+:)?[a-z_]+>|\{[a-z_]+\}", "{}", path)
+
+
+def test_the_document_has_every_route_of_the_app_and_nothing_else(tmp_path):
+    """Held to the app's own routes (`app.url_map`), with every profile, BFF mode and the tester page on."""
+    app = create_app(mock_config(GATEWAY_BFF="true", GATEWAY_SESSION_SECRET="s" * 40, GATEWAY_TESTER_PAGE="true",
+                                 TMPDIR=str(tmp_path)))
+    document = app.test_client().get("/openapi.json").json
+    documented = {(_template(path), method.upper()) for path, item in document["paths"].items() for method in item}
+    routed = set()
+    for rule in app.url_map.iter_rules():
+        automatic = {"HEAD", "OPTIONS"} if rule.provide_automatic_options else set()
+        routed |= {(_template(rule.rule), method) for method in rule.methods - automatic}
+    # The proxy's one route is documented as /bff/api/{name}/{path}, and its HEAD and OPTIONS in its GET's summary.
+    proxy = {(path, method) for path, method in routed if path == "/bff/api/{}"}
+    routed = routed - proxy | {("/bff/api/{}/{}", method) for _, method in proxy} - {
+        ("/bff/api/{}/{}", "HEAD"), ("/bff/api/{}/{}", "OPTIONS")}
+    assert {("/bff/api/{}", "HEAD"), ("/bff/api/{}", "OPTIONS")} <= proxy
+    assert routed == documented
