@@ -146,6 +146,8 @@ def current_session():
     def heard(outcome, reason, session):
         observe.identify(session.claims)
         observe.audit("bff refresh", outcome, reason)
+        if outcome == SessionEnded.outcome:  # Keycloak ended it (or disabled its user): so does every gateway
+            services.current().ended.end_sid(session.sid, f"its refresh refused: {reason}")
 
     session = sessions().current(request.cookies.get(SESSION_COOKIE), services.current().grants.refresh,
                                  on_refresh=heard)
@@ -196,6 +198,7 @@ def end_previous_session(new_sid):
     the same Keycloak session (Keycloak's own cookie logged the user in again without a password)."""
     previous = sessions().end(request.cookies.get(SESSION_COOKIE))
     if previous is not None and previous.sid != new_sid:
+        services.current().ended.end_sid(previous.sid, "a new login in the same browser")
         tell_keycloak_session_ended(previous)
 
 
@@ -228,6 +231,7 @@ def logout():
     if not same_text(request.args.get("sid", ""), session.sid):
         raise InvalidSessionId("sid is not the session's")
     sessions().end(cookie)  # first, whatever Keycloak says next: a logout never fails open
+    services.current().ended.end_sid(session.sid, "logged out through /bff/logout")  # its tokens, everywhere
     tell_keycloak_session_ended(session)
     response = current_app.json.response({"status": 200, "message": "logged out"})
     expire_cookie(response, SESSION_COOKIE, "Strict")

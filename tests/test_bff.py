@@ -679,3 +679,24 @@ def test_a_new_session_secret_keeps_the_sessions_of_the_previous_one(tmp_path, r
     without.set_cookie("__Host-edm-session", cookie)
     answer = without.get("/bff/user", headers=CSRF)
     assert (answer.status_code, answer.json) == (401, "code=401, message=not logged in")
+
+
+def test_a_bff_logout_ends_its_keycloak_session_on_every_surface(client, realm, app, signer):
+    log_in(client, realm)
+    access = realm.issued[-1]  # the session's own access token, sid kc-session-1, as another client might hold it
+    api = app.test_client()
+    assert api.get("/api/me", headers={"Authorization": f"Bearer {access}"}).status_code == 200
+    assert client.post("/bff/logout?sid=kc-session-1", headers=CSRF).status_code == 200
+    answer = api.get("/api/me", headers={"Authorization": f"Bearer {access}"})
+    assert (answer.status_code, answer.json) == (401, "code=401, message=access token is invalid or expired")
+
+
+def test_a_session_whose_refresh_keycloak_refuses_ends_its_tokens_everywhere(client, realm, app):
+    realm.expires_in = 5
+    log_in(client, realm)
+    access = realm.issued[-1]
+    advance(app, 4.1)
+    realm.refusal = (400, {"error": "invalid_grant", "error_description": "Session not active"})
+    assert client.get("/bff/user", headers=CSRF).status_code == 401
+    answer = app.test_client().get("/api/me", headers={"Authorization": f"Bearer {access}"})
+    assert (answer.status_code, answer.json) == (401, "code=401, message=access token is invalid or expired")
