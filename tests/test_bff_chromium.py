@@ -9,6 +9,7 @@ started on Keycloak's page) does not come with the landing page's own request, a
 page then asks for: the tests show both."""
 
 import re
+import time
 
 import pytest
 import requests
@@ -166,3 +167,28 @@ def test_the_sessions_panel_in_bff_mode_ends_the_other_session_then_the_browsers
     assert kc.admin.get_sessions(user.id) == []
     assert browser_page.csp_violations() == [] and csp_reports(browser_page) == []
     assert browser_page.page_errors == []
+
+
+def test_an_admins_sign_out_ends_the_browsers_bff_session(gateway, browser_page, kc):
+    """Keycloak's back-channel logout, pointed at this gateway, reaches the session Chromium holds: its next request
+    is not logged in, and its cookie names nothing any more."""
+    from tests.test_session_integrity_keycloak import BackChannel
+
+    user = kc.create_user(prefix="bff")
+    page = browser_page.page
+    log_in_with_keycloak(page, gateway, user)
+    expect(page.locator("#bff-username")).to_have_text(user.username)
+    user_answer = lambda: page.evaluate(FETCH, [gateway.url + "/bff/user", {"headers": {"X-CSRF": "1"}}])  # noqa: E731
+    assert user_answer()["status"] == 200
+    channel = BackChannel(kc)
+    try:
+        channel.point_at(f"{gateway.url}/backchannel-logout")
+        kc.admin.user_logout(user.id)  # the console's Sign out
+        deadline, answer = time.monotonic() + 5, user_answer()
+        while answer["status"] == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            answer = user_answer()
+    finally:
+        channel.restore()
+    assert (answer["status"], answer["body"]) == (401, "code=401, message=not logged in")
+    assert user_answer()["status"] == 401
