@@ -175,9 +175,12 @@ def client(app):
     return app.test_client()
 
 
+REAL_KEYCLOAK_FIXTURES = {"keycloak_realm", "keycloak_relay"}  # kc and live_app come through keycloak_realm
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
-        if "kc" in getattr(item, "fixturenames", ()):
+        if REAL_KEYCLOAK_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.keycloak)
 
 
