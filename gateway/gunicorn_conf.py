@@ -43,8 +43,6 @@ try:
     create_app()
 except ConfigError as exc:
     sys.exit(f"edm-gateway: configuration error: {exc}")
-if per_process_warning(settings):
-    logging.getLogger("gateway.limits").warning(per_process_warning(settings))
 
 
 class JsonLogger(glogging.Logger):
@@ -68,6 +66,13 @@ def post_fork(server, worker):
         raise AppImportError("edm-gateway: --preload is not supported (each worker builds its own app, once gunicorn "
                              f"told it its thread count): start it with {GUNICORN_SETTINGS}, without --preload")
     gateway.config.worker_threads = worker.cfg.threads
+
+
+def when_ready(server):
+    """Warn once the arbiter knows its real worker count (`--workers`, a config file or GATEWAY_WORKERS)."""
+    warning = per_process_warning(settings, server.cfg.workers)
+    if warning:
+        logging.getLogger("gateway.limits").warning(warning)
 
 
 def child_exit(server, worker):
