@@ -84,14 +84,12 @@ def pytest_sessionfinish(session):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-@pytest.fixture(scope="session", autouse=True)
-def hermetic_environment():
-    """Exported KEYCLOAK_*/GATEWAY_* (and proxy, CA bundle, runtime directory) variables never change an outcome:
-    the run starts without any of them, and tests that mean one pass it explicitly."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in NAMES:
-            patch.delenv(name, raising=False)
-        yield
+def pytest_configure(config):
+    """Exported KEYCLOAK_*/GATEWAY_* (and proxy, CA bundle, runtime directory, metrics directory) variables never
+    change an outcome: the run starts without any of them, and tests that mean one pass it explicitly. Before the
+    test modules are collected: prometheus_client picks its mode when a module first imports it."""
+    for name in NAMES:
+        os.environ.pop(name, None)
 
 
 @pytest.fixture(autouse=True)
