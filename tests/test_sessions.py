@@ -183,6 +183,18 @@ def test_ending_a_keycloak_session_deletes_each_of_its_records(store):
     assert sessions.find(other).sub == "user-2"
 
 
+def test_a_session_in_use_past_its_first_idle_time_is_still_found_by_its_keycloak_session(tmp_path):
+    clock = Clock()
+    sessions = Sessions(HostStore(str(tmp_path / "s"), clock=clock), SECRET, timeout=2, clock=clock)
+    cookie, _ = sessions.create(tokens(access="access-0"), "kc-sid")
+    for n in range(1, 8):  # the browser is busy: a refresh every 290 s, each one extending the session
+        clock.now += 290
+        assert sessions.current(cookie, lambda _, n=n: tokens(access=f"access-{n}")).access_token == f"access-{n}"
+    sessions.end_sid("kc-sid")  # 2,030 s after the login: a back-channel logout
+    with pytest.raises(NotLoggedIn):
+        sessions.find(cookie)
+
+
 def test_a_session_whose_keycloak_session_ended_is_deleted_at_its_next_use(store):
     ended = set()
     sessions = Sessions(store, SECRET, timeout=2, ended=lambda session: session.sid in ended)
