@@ -15,11 +15,14 @@ sealed answer, for the grace only), both HMACs of the old token.
 """
 
 import json
+import logging
 import time
 from dataclasses import asdict
 
-from gateway.errors import GatewayError, InvalidRefreshToken, RefreshReused, UpstreamTimeout
+from gateway.errors import GatewayError, InvalidRefreshToken, RefreshReused, StoreUnavailable, UpstreamTimeout
 from gateway.sealing import Sealer
+
+log = logging.getLogger(__name__)
 
 IN_FLIGHT = b"in flight"
 SPENT_FALLBACK = 1800  # seconds a spent mark is kept when Keycloak did not say how long the session may idle
@@ -60,10 +63,14 @@ class Rotation:
         except GatewayError:
             self.store.delete(mark)  # refused or failed: whoever comes next asks Keycloak again
             raise
-        record = asdict(tokens)
-        self.store.put(grace, self.sealer.seal(grace, record), self.grace)
         spent = json.dumps({"sid": tokens.claims.get("sid"), "at": self.clock()}).encode()
-        self.store.put(mark, spent, tokens.refresh_expires_in or SPENT_FALLBACK)
+        try:
+            self.store.put(grace, self.sealer.seal(grace, asdict(tokens)), self.grace)
+            self.store.put(mark, spent, tokens.refresh_expires_in or SPENT_FALLBACK)
+        except StoreUnavailable as exc:
+            # Keycloak has spent the old token: these are the user's only tokens now. A tab that presents the old
+            # one again meets Keycloak's own reuse check instead of the grace.
+            log.warning("a refresh's answer not kept for its grace: %s", exc.reason)
         return tokens
 
     def _again(self, refresh_token, grant, state, grace, tokens_of):
