@@ -85,9 +85,10 @@ class EndedSessions:
         for listener in self.listeners:
             listener(sid)
 
-    def end_sub(self, sub, reason):
-        """End every session of the user `sub` begun before now."""
-        self._append({"sub": sub, "at": self.clock()})
+    def end_sub(self, sub, reason, at=None):
+        """End every session of the user `sub` begun before `at` (now, or earlier: a logout token's `iat`)."""
+        now = self.clock()
+        self._append({"sub": sub, "at": now if at is None else min(float(at), now)})
         log.info("every session of a user ended: %s", reason)
 
     def _append(self, record):
