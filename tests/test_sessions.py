@@ -83,6 +83,19 @@ def test_a_new_secret_reads_the_sessions_of_the_previous_one(tmp_path):
         Sessions(store, SECRET, timeout=2).find(new_cookie)
 
 
+def test_the_documented_two_step_rollout_of_a_new_secret_logs_nobody_out_on_any_replica(tmp_path):
+    store, new = HostStore(str(tmp_path / "s")), SECRET + "-new-one"
+    before, _ = Sessions(store, SECRET, timeout=2).create(tokens(expires_in=0), "sid-1")  # due for a refresh
+    step_one = Sessions(store, SECRET, timeout=2, previous_secrets=(new,))  # old current, new accepted
+    step_two = Sessions(store, new, timeout=2, previous_secrets=(SECRET,))  # new current, old accepted
+    refreshed = step_two.current(before, lambda _: tokens(access="access-2"))
+    assert refreshed.access_token == "access-2"
+    assert step_one.find(before).access_token == "access-2"  # a replica still at step one reads it
+    begun_late, _ = step_two.create(tokens(sub="user-2"), "sid-2")
+    assert step_one.find(begun_late).sub == "user-2"
+    assert Sessions(store, new, timeout=2).find(begun_late).sub == "user-2"  # the old secret gone: still in
+
+
 def test_refresh_happens_once_among_threads_and_ends_a_refused_session(store):
     clock = Clock()
     sessions = Sessions(store, SECRET, timeout=2, clock=clock)
