@@ -18,7 +18,7 @@ install: prerequisites $(STAMP)
 	@scripts/keycloak.sh fetch
 
 prerequisites:
-	@scripts/prerequisites.sh $(if $(filter test topology,$(MAKECMDGOALS)),test,$(if $(filter bench,$(MAKECMDGOALS)),bench,$(if $(filter profile,$(MAKECMDGOALS)),profile)))
+	@scripts/prerequisites.sh $(if $(filter test topology floors,$(MAKECMDGOALS)),test,$(if $(filter bench,$(MAKECMDGOALS)),bench,$(if $(filter profile,$(MAKECMDGOALS)),profile)))
 
 ## keycloak: start Keycloak in the background with the edm realm; returns once ready, harmless when running
 keycloak: install

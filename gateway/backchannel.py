@@ -28,21 +28,25 @@ def logout():
     """End the session a valid logout token names, on every gateway of the store."""
     claims = services.current().logout_tokens.verify(load(logout_token_schema)["logout_token"])
     observe.identify(claims)
-    spend_once(claims)
+    store, key = current_app.extensions["store"], jti_key(claims)
+    if store.get(key) is not None:
+        raise InvalidLogoutToken("a jti seen before: a replayed logout token")
+    # Ended first, spent after: a store that fails in between leaves the token good for Keycloak's next attempt.
+    # Ending twice (a twin sent at the same moment) ends the same sessions: the sub's are those begun before `iat`.
     ended = services.current().ended
     if "sid" in claims:
         ended.end_sid(claims["sid"], "back-channel logout")
     else:
-        ended.end_sub(claims["sub"], "back-channel logout of every session of the user")
+        ended.end_sub(claims["sub"], "back-channel logout of every session of the user", at=claims["iat"])
+    ttl = max(1.0, claims["exp"] + LEEWAY_SECONDS - services.current().logout_tokens.clock())
+    if not store.put_new(key, b"1", ttl):
+        raise InvalidLogoutToken("a jti seen before: a replayed logout token")
     return "", 200, {"Cache-Control": "no-store"}
 
 
-def spend_once(claims):
-    """Remember the token's `jti` until the token expires, on the store: a replay, to any gateway, is refused."""
-    key = "jti:" + hashlib.sha256(claims["jti"].encode("utf-8", "surrogatepass")).hexdigest()
-    ttl = max(1.0, claims["exp"] + LEEWAY_SECONDS - services.current().logout_tokens.clock())
-    if not current_app.extensions["store"].put_new(key, b"1", ttl):
-        raise InvalidLogoutToken("a jti seen before: a replayed logout token")
+def jti_key(claims):
+    """The store key of a logout token's `jti`, kept until the token expires: a replay, to any gateway, is refused."""
+    return "jti:" + hashlib.sha256(claims["jti"].encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @bp.errorhandler(GatewayError)

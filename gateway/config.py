@@ -1,7 +1,7 @@
 """Typed configuration: defaults, then the environment, then a test mapping; checked once at start.
 
 Every environment variable the gateway reads is in ``VARIABLES``, with its default (gunicorn's, the CA bundle's and
-the proxies' included), or in ``SECRET_FILES``; the README's tables list the same ones. ``Settings`` has no defaults
+the proxies' included), or in ``SECRET_FILES``; docs/configuration.md lists the same ones. ``Settings`` has no defaults
 of its own: ``load_settings`` gives it every field, from the environment or the table.
 """
 

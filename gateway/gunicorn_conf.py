@@ -43,8 +43,6 @@ try:
     create_app()
 except ConfigError as exc:
     sys.exit(f"edm-gateway: configuration error: {exc}")
-if per_process_warning(settings):
-    logging.getLogger("gateway.limits").warning(per_process_warning(settings))
 
 
 class JsonLogger(glogging.Logger):
@@ -76,6 +74,13 @@ def post_worker_init(worker):
     import gc
 
     gc.freeze()
+
+
+def when_ready(server):
+    """Warn once the arbiter knows its real worker count (`--workers`, a config file or GATEWAY_WORKERS)."""
+    warning = per_process_warning(settings, server.cfg.workers)
+    if warning:
+        logging.getLogger("gateway.limits").warning(warning)
 
 
 def child_exit(server, worker):

@@ -188,9 +188,9 @@ def init_app(app, settings, store):
     app.register_error_handler(InternalServerError, _failed_after_the_view)
 
 
-def per_process_warning(settings):
+def per_process_warning(settings, workers):
     """The warning due at start when rate limits are counted per worker process, or None."""
-    if settings.redis_url or settings.workers < 2 or not (settings.limit_per_address or settings.limit_per_username):
+    if settings.redis_url or workers < 2 or not (settings.limit_per_address or settings.limit_per_username):
         return None
-    return (f"rate limits are counted per worker process without GATEWAY_REDIS_URL: with {settings.workers} "
+    return (f"rate limits are counted per worker process without GATEWAY_REDIS_URL: with {workers} "
             "workers a client may get up to that many times each limit through")

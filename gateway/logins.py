@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from gateway.errors import LoginFailed
-from gateway.sealing import Sealer
+from gateway.sealing import TEXT_LIMIT, Sealer
 from gateway.tokens import same_text
 
 LOGIN_SECONDS = 600  # how long a login may take on Keycloak's page (its own login timeout is longer)
@@ -62,7 +62,11 @@ class Logins:
         login = Login(secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(64), return_url,
                       self.clock() + LOGIN_SECONDS)
         pending = [*self._pending(cookie), login][-PENDING:]
-        return self.sealer.seal_text(COOKIE, [asdict(entry) for entry in pending]), login
+        while True:  # a browser keeps a cookie of at most 4,096 characters: the oldest logins give way
+            sealed = self.sealer.seal_text(COOKIE, [asdict(entry) for entry in pending])
+            if len(sealed) <= TEXT_LIMIT or len(pending) == 1:
+                return sealed, login
+            pending = pending[1:]
 
     def finish(self, cookie, state):
         """The login that `state` names, if this browser started it, spent (it finishes once): (the cookie's new

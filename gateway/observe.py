@@ -31,7 +31,8 @@ TRACESTATE = re.compile(r"[\x20-\x7e]{1,512}")
 AUDITED = {"api.login": "login", "simplejwt.login": "login", "api.refresh": "refresh",
            "simplejwt.refresh": "refresh", "api.logout": "logout",
            "bff.login": "bff login", "bff.callback": "bff callback", "bff.logout": "bff logout",
-           "backchannel.logout": "backchannel logout"}
+           "backchannel.logout": "backchannel logout",
+           "api.end_session": "session end", "bff.end_session": "bff session end"}
 # ...and "bff refresh", written by `audit()` whenever a BFF request refreshes its session's tokens.
 # blueprints whose requests are attempts at the documented API (the operations endpoints are not)
 API_BLUEPRINTS = frozenset({"api", "simplejwt", "bff", "backchannel"})

@@ -10,8 +10,11 @@ mirror of the store's `ended` feed and reads what was added since, at most every
 request finds it due. A mirror older than STALE_SECONDS (the store could not be read) is not trusted: the request
 then waits for the store, and if the store cannot answer either it is the store's 503, never a check skipped.
 
-A record lives as long as an access token of the ended session can: until the longest access-token lifetime this
-gateway has seen (at least DEFAULT_LIFESPAN), plus the verification's leeway, from the end; no longer.
+A record lives as long as an access token of the ended session can: until the longest access-token lifetime any
+gateway on the store has seen (at least DEFAULT_LIFESPAN; kept in the store under LIFESPAN_KEY, so that a process
+that has verified no token yet writes records as long as the others), plus the verification's leeway, from the end;
+no longer. The feed itself keeps records for FEED_RETENTION, the longest a record can live: each record carries its
+own end, so that a shorter one never trims a longer one away.
 """
 
 import json
@@ -29,6 +32,10 @@ FEED = "ended"
 POLL_SECONDS = 0.25
 STALE_SECONDS = 1.0
 DEFAULT_LIFESPAN = 300  # the realm's access-token lifespan until a token says otherwise
+MAX_LIFESPAN = 86400  # a longer lifetime is no token's: ignored
+LIFESPAN_KEY = "ended:lifespan"
+LIFESPAN_KEPT = 30 * 86400  # how long the store remembers the longest lifetime after it was last written
+FEED_RETENTION = MAX_LIFESPAN + LEEWAY_SECONDS
 
 
 class EndedSessions:
@@ -51,10 +58,25 @@ class EndedSessions:
         self._pid = os.getpid()
 
     def learn(self, claims):
-        """Note an access token's lifetime: a record must outlive the longest one seen."""
+        """Note an access token's lifetime: a record must outlive the longest one any gateway has seen."""
         lifetime = claims.get("exp", 0) - claims.get("iat", 0)
-        if isinstance(lifetime, (int, float)) and self.lifespan < lifetime <= 86400:
+        if isinstance(lifetime, (int, float)) and self.lifespan < lifetime <= MAX_LIFESPAN:
             self.lifespan = lifetime
+            try:
+                self._share_lifespan()
+            except StoreUnavailable as exc:  # the next end of a session writes it
+                log.warning("the longest access-token lifetime not written to the store: %s", exc.reason)
+
+    def _share_lifespan(self):
+        """The longest lifetime known here or in the store; the store told of it if this process knows longer."""
+        stored = self.store.get(LIFESPAN_KEY)
+        try:
+            shared = float(stored) if stored is not None else 0.0
+        except ValueError:
+            shared = 0.0
+        if self.lifespan > shared:
+            self.store.put(LIFESPAN_KEY, str(self.lifespan).encode(), LIFESPAN_KEPT)
+        return max(self.lifespan, min(shared, MAX_LIFESPAN))
 
     def end_sid(self, sid, reason):
         """End the Keycloak session `sid` on every gateway of the store, and at once in this process."""
@@ -63,15 +85,17 @@ class EndedSessions:
         for listener in self.listeners:
             listener(sid)
 
-    def end_sub(self, sub, reason):
-        """End every session of the user `sub` begun before now."""
-        self._append({"sub": sub, "at": self.clock()})
+    def end_sub(self, sub, reason, at=None):
+        """End every session of the user `sub` begun before `at` (now, or earlier: a logout token's `iat`)."""
+        now = self.clock()
+        self._append({"sub": sub, "at": now if at is None else min(float(at), now)})
         log.info("every session of a user ended: %s", reason)
 
     def _append(self, record):
+        lifespan = self._share_lifespan()
         now = self.clock()
-        record["until"] = now + self.lifespan + LEEWAY_SECONDS
-        self.store.append(FEED, json.dumps(record).encode(), record["until"] - now)
+        record["until"] = now + lifespan + LEEWAY_SECONDS
+        self.store.append(FEED, json.dumps(record).encode(), FEED_RETENTION)
         with self._lock:
             self._apply(record, now)
 

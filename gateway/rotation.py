@@ -1,13 +1,14 @@
 """Refresh-token rotation, safe for tabs that refresh at once: each refresh token is used with Keycloak once.
 
 The realm rotates refresh tokens (`revokeRefreshToken`, `refreshTokenMaxReuse: 0`): a refresh answers a new refresh
-token, and a second use of the old one is a reuse, on which Keycloak ends the whole session. Tabs of one portal
-that refresh with the same token at the same moment would log their user out; so the first refresh of a token
-takes the token's mark in the store, makes the one refresh grant, and keeps its answer, sealed under a key only the
-gateways hold and filed under an HMAC of the old token, for GATEWAY_REFRESH_GRACE_SECONDS. The same old token
-presented within that window, on any gateway of the store, gets the same new tokens (those that come while the
-grant is in flight wait for it); never once its session has ended. After the window the mark still says the token
-was spent: a reuse (a stolen token, or a tab very late), answered 401, its session ended at once on every gateway
+token, and a second use of the old one is a reuse, on which Keycloak ends the whole session. Tabs of one portal that
+refresh with the same token at the same moment would log their user out; so the first refresh of a token takes the
+token's mark in the store, makes the one refresh grant, and keeps its answer, sealed under a key derived from the
+client secret (which the gateways hold, and the realm's admins can read; whoever holds only the store reads nothing)
+and filed under an HMAC of the old token, for GATEWAY_REFRESH_GRACE_SECONDS. The same old token presented within
+that window, on any gateway of the store, gets the same new tokens (those that come while the grant is in flight
+wait for it); never once its session has ended. After the window the mark still says the token was spent: a reuse (a
+stolen token, or a tab very late), answered 401, its session ended at once on every gateway
 (`gateway/revocations.py`) and at Keycloak (the reused token is shown to Keycloak, which ends the session on reuse).
 
 Keys: `rotation:` (the mark: in flight, then spent, until the old token can no longer be valid) and `grace:` (the
@@ -15,11 +16,14 @@ sealed answer, for the grace only), both HMACs of the old token.
 """
 
 import json
+import logging
 import time
 from dataclasses import asdict
 
-from gateway.errors import GatewayError, InvalidRefreshToken, RefreshReused, UpstreamTimeout
+from gateway.errors import GatewayError, InvalidRefreshToken, RefreshReused, StoreUnavailable, UpstreamTimeout
 from gateway.sealing import Sealer
+
+log = logging.getLogger(__name__)
 
 IN_FLIGHT = b"in flight"
 SPENT_FALLBACK = 1800  # seconds a spent mark is kept when Keycloak did not say how long the session may idle
@@ -60,10 +64,14 @@ class Rotation:
         except GatewayError:
             self.store.delete(mark)  # refused or failed: whoever comes next asks Keycloak again
             raise
-        record = asdict(tokens)
-        self.store.put(grace, self.sealer.seal(grace, record), self.grace)
         spent = json.dumps({"sid": tokens.claims.get("sid"), "at": self.clock()}).encode()
-        self.store.put(mark, spent, tokens.refresh_expires_in or SPENT_FALLBACK)
+        try:
+            self.store.put(grace, self.sealer.seal(grace, asdict(tokens)), self.grace)
+            self.store.put(mark, spent, tokens.refresh_expires_in or SPENT_FALLBACK)
+        except StoreUnavailable as exc:
+            # Keycloak has spent the old token: these are the user's only tokens now. A tab that presents the old
+            # one again meets Keycloak's own reuse check instead of the grace.
+            log.warning("a refresh's answer not kept for its grace: %s", exc.reason)
         return tokens
 
     def _again(self, refresh_token, grant, state, grace, tokens_of):

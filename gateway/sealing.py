@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+TEXT_LIMIT = 4096  # characters of a sealed text: a browser keeps no longer cookie
+
 _NONCE = 12
 _TAG = 16
 
@@ -78,7 +80,7 @@ class Sealer:
 
     def open_text(self, name, text):
         """The record of `seal_text`, or None for anything else."""
-        if not text or len(text) > 4096:
+        if not text or len(text) > TEXT_LIMIT:
             return None
         try:
             sealed = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

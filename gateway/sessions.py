@@ -194,6 +194,7 @@ class Sessions:
         # Only over the live record: a logout that deleted it meanwhile must not be undone.
         if not self._write(key, session, now, only_existing=True):
             raise NotLoggedIn("logged out while the session was refreshed")
+        self._index(session.sid, key, session.ends_at - now)  # the Keycloak session's index lives as long as it
         if on_refresh:
             on_refresh("success", "refresh grant", session)
         return session

@@ -84,14 +84,12 @@ def pytest_sessionfinish(session):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-@pytest.fixture(scope="session", autouse=True)
-def hermetic_environment():
-    """Exported KEYCLOAK_*/GATEWAY_* (and proxy, CA bundle, runtime directory) variables never change an outcome:
-    the run starts without any of them, and tests that mean one pass it explicitly."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in NAMES:
-            patch.delenv(name, raising=False)
-        yield
+def pytest_configure(config):
+    """Exported KEYCLOAK_*/GATEWAY_* (and proxy, CA bundle, runtime directory, metrics directory) variables never
+    change an outcome: the run starts without any of them, and tests that mean one pass it explicitly. Before the
+    test modules are collected: prometheus_client picks its mode when a module first imports it."""
+    for name in NAMES:
+        os.environ.pop(name, None)
 
 
 @pytest.fixture(autouse=True)
@@ -175,9 +173,12 @@ def client(app):
     return app.test_client()
 
 
+REAL_KEYCLOAK_FIXTURES = {"keycloak_realm", "keycloak_relay"}  # kc and live_app come through keycloak_realm
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
-        if "kc" in getattr(item, "fixturenames", ()):
+        if REAL_KEYCLOAK_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.keycloak)
 
 

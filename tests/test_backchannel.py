@@ -126,6 +126,26 @@ def _forgeries(signer):
 FORGERY_NAMES = list(_forgeries(Signer()))
 
 
+def test_a_store_that_fails_while_a_session_ends_leaves_the_token_good_for_keycloaks_next_attempt(
+        client, realm, signer, monkeypatch):
+    from gateway.errors import StoreUnavailable
+
+    store = client.application.extensions["store"]
+    append = store.append
+
+    def fails_once(*args):
+        monkeypatch.setattr(store, "append", append)
+        raise StoreUnavailable("append: ConnectionError")
+
+    monkeypatch.setattr(store, "append", fails_once)
+    access, token = signer.token(sid="kc-session-1"), sign(signer, logout_claims())
+    answer = post(client, token)
+    assert (answer.status_code, answer.json) == (503, "code=503, message=authentication service unavailable")
+    assert me(client, access).status_code == 200  # nothing ended yet
+    assert post(client, token).status_code == 200  # sent again: now it ends the session
+    assert (me(client, access).status_code, post(client, token).status_code) == (401, 400)
+
+
 @pytest.mark.parametrize("name", FORGERY_NAMES)
 def test_a_forged_or_odd_logout_token_is_refused_and_ends_nothing(client, realm, signer, name):
     access = signer.token(sid="kc-session-1")

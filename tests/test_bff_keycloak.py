@@ -289,7 +289,7 @@ def test_two_gateways_sharing_redis_serve_one_session(bff_gateways, kc, short_li
     assert kc.admin.get_sessions(user.id) == []
 
 
-def test_the_login_page_is_keycloaks_own(gateway):
+def test_the_login_page_is_keycloaks_own(gateway, keycloak_realm):
     browser = LoopbackBrowser()
     start = browser.get(f"{gateway.url}/bff/login")
     page, action = keycloak_login_page(browser, start.headers["Location"])

@@ -77,6 +77,20 @@ def test_the_longest_return_urls_of_three_tabs_fit_in_one_cookie(store):
     assert len("__Host-edm-login=" + cookie) < 4000
 
 
+def test_return_urls_that_json_makes_longer_push_the_oldest_tab_out_not_every_login(store):
+    logins = Logins(store, SECRET)
+    cookie, started = None, []
+    for _ in range(3):  # each `"` is two characters in the sealed record
+        cookie, login = logins.begin(cookie, "/" + '"' * 511)
+        started.append(login)
+    assert len(cookie) <= 4096
+    with pytest.raises(LoginFailed):
+        logins.finish(cookie, started[0].state)
+    rest, finished = logins.finish(cookie, started[2].state)
+    assert finished.return_url == "/" + '"' * 511
+    assert logins.finish(rest, started[1].state)[1].state == started[1].state
+
+
 def test_a_login_expires_after_its_time(store):
     clock = Clock()
     logins = Logins(store, SECRET, clock=clock)

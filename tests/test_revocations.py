@@ -80,6 +80,17 @@ def test_a_record_lives_as_long_as_a_token_of_the_session_can_and_no_longer(stor
     assert EndedSessions(store, clock=fresh.wall, monotonic=fresh.monotonic).ended(token()) is False
 
 
+def test_a_process_that_has_seen_no_token_yet_writes_records_as_long_as_the_longest_token_seen(store):
+    clocks = Clocks()
+    seasoned = EndedSessions(store, clock=clocks.wall, monotonic=clocks.monotonic)
+    seasoned.learn({"iat": 0, "exp": 1800})  # the realm's tokens live 30 minutes
+    fresh = EndedSessions(store, clock=clocks.wall, monotonic=clocks.monotonic)  # a worker just started
+    fresh.end_sid("sid-1", "a back-channel logout")
+    clocks.advance(1800 + 30 - 1)
+    assert fresh.ended(token()) is True and seasoned.ended(token()) is True
+    assert EndedSessions(store, clock=clocks.wall, monotonic=clocks.monotonic).ended(token()) is True
+
+
 def test_a_new_process_reads_every_session_ended_so_far(store):
     EndedSessions(store).end_sid("sid-1", "test")
     EndedSessions(store).end_sub("user-9", "test")

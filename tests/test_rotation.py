@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gateway.errors import InvalidRefreshToken, RefreshReused, UpstreamUnavailable
+from gateway.errors import InvalidRefreshToken, RefreshReused, StoreUnavailable, UpstreamUnavailable
 from gateway.grants import Tokens
 from gateway.revocations import EndedSessions
 from gateway.rotation import Rotation
@@ -112,6 +112,29 @@ def test_a_refused_or_failed_grant_is_not_kept(store):
     with pytest.raises(InvalidRefreshToken) as refused:
         refresh(rotation_, keycloak, "refresh-x")
     assert not isinstance(refused.value, RefreshReused)  # never spent through the gateway: Keycloak's own refusal
+
+
+class FailingOnce(HostStore):
+    """A store whose first write of a key with `prefix` fails, as Redis does in a failover."""
+
+    def __init__(self, path, prefix):
+        super().__init__(path)
+        self.prefix, self.failed = prefix, False
+
+    def put(self, key, value, ttl, only_existing=False):
+        if key.startswith(self.prefix) and not self.failed:
+            self.failed = True
+            raise StoreUnavailable("set: ConnectionError")
+        return super().put(key, value, ttl, only_existing)
+
+
+@pytest.mark.parametrize("prefix", ["grace:", "rotation:"])
+def test_a_store_that_fails_after_the_grant_still_hands_the_user_the_new_tokens(tmp_path, prefix):
+    store, keycloak = FailingOnce(str(tmp_path / "state"), prefix), Keycloak()
+    rotation_, _ = rotation(store)
+    assert refresh(rotation_, keycloak, "refresh-0").refresh_token == "refresh-1"
+    assert store.failed and keycloak.grants == ["refresh-0"]
+    assert refresh(rotation_, keycloak, "refresh-1").refresh_token == "refresh-2"  # and the user goes on
 
 
 def test_the_store_holds_neither_token(tmp_path):

@@ -3,6 +3,7 @@ no lock file is shared): the limits and the one-grant-per-username rule hold acr
 Keycloak. Also: the stack's own Redis (the one `make test` and `make run` start) serves a gateway, and a gateway
 without Redis says at start that its limits are per process."""
 
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -72,9 +73,15 @@ def test_the_stacks_redis_serves_a_gateway(tmp_path, kc, redis_url):
     assert "rate limits are counted per worker process" not in log
 
 
-def test_without_redis_several_workers_warn_at_start_that_limits_are_per_process(tmp_path):
-    server = gateway(tmp_path).wait_ready()
+@pytest.mark.parametrize("workers, args, said", [("2", (), "2"), ("1", ("--workers", "3"), "3"),
+                                                 ("2", ("--workers", "1"), None), ("1", ("-w", "2"), "2")])
+def test_without_redis_several_workers_warn_at_start_that_limits_are_per_process(tmp_path, workers, args, said):
+    """However gunicorn was told its worker count: GATEWAY_WORKERS, or --workers on its command line."""
+    env = {"KEYCLOAK_URL": LIVE_URL, "KEYCLOAK_CLIENT_SECRET": DEV_SECRET, "GATEWAY_WORKERS": workers,
+           "GATEWAY_THREADS": "8", "XDG_RUNTIME_DIR": str(tmp_path), "TMPDIR": str(tmp_path)}
+    server = Gunicorn(env, args=args).wait_ready()
     time.sleep(0.5)
-    log = server.stop()
-    assert ("rate limits are counted per worker process without GATEWAY_REDIS_URL: with 2 workers a client may get "
-            "up to that many times each limit through") in log
+    warnings = [line for line in server.stop().splitlines() if "counted per worker process" in line]
+    assert [json.loads(line)["message"] for line in warnings] == ([] if said is None else [
+        f"rate limits are counted per worker process without GATEWAY_REDIS_URL: with {said} workers a client may get "
+        "up to that many times each limit through"])

@@ -83,6 +83,19 @@ def test_a_new_secret_reads_the_sessions_of_the_previous_one(tmp_path):
         Sessions(store, SECRET, timeout=2).find(new_cookie)
 
 
+def test_the_documented_two_step_rollout_of_a_new_secret_logs_nobody_out_on_any_replica(tmp_path):
+    store, new = HostStore(str(tmp_path / "s")), SECRET + "-new-one"
+    before, _ = Sessions(store, SECRET, timeout=2).create(tokens(expires_in=0), "sid-1")  # due for a refresh
+    step_one = Sessions(store, SECRET, timeout=2, previous_secrets=(new,))  # old current, new accepted
+    step_two = Sessions(store, new, timeout=2, previous_secrets=(SECRET,))  # new current, old accepted
+    refreshed = step_two.current(before, lambda _: tokens(access="access-2"))
+    assert refreshed.access_token == "access-2"
+    assert step_one.find(before).access_token == "access-2"  # a replica still at step one reads it
+    begun_late, _ = step_two.create(tokens(sub="user-2"), "sid-2")
+    assert step_one.find(begun_late).sub == "user-2"
+    assert Sessions(store, new, timeout=2).find(begun_late).sub == "user-2"  # the old secret gone: still in
+
+
 def test_refresh_happens_once_among_threads_and_ends_a_refused_session(store):
     clock = Clock()
     sessions = Sessions(store, SECRET, timeout=2, clock=clock)
@@ -181,6 +194,18 @@ def test_ending_a_keycloak_session_deletes_each_of_its_records(store):
             sessions.find(cookie)
         assert store.get(sessions.sealer.key("session", cookie)) is None
     assert sessions.find(other).sub == "user-2"
+
+
+def test_a_session_in_use_past_its_first_idle_time_is_still_found_by_its_keycloak_session(tmp_path):
+    clock = Clock()
+    sessions = Sessions(HostStore(str(tmp_path / "s"), clock=clock), SECRET, timeout=2, clock=clock)
+    cookie, _ = sessions.create(tokens(access="access-0"), "kc-sid")
+    for n in range(1, 8):  # the browser is busy: a refresh every 290 s, each one extending the session
+        clock.now += 290
+        assert sessions.current(cookie, lambda _, n=n: tokens(access=f"access-{n}")).access_token == f"access-{n}"
+    sessions.end_sid("kc-sid")  # 2,030 s after the login: a back-channel logout
+    with pytest.raises(NotLoggedIn):
+        sessions.find(cookie)
 
 
 def test_a_session_whose_keycloak_session_ended_is_deleted_at_its_next_use(store):

@@ -2,6 +2,7 @@
 address and browser the gateway passed on, one ended by its user and refused within a second by a second gateway
 that shares only Redis, another user's id 404 with nothing ended; and the brute-force records name the client."""
 
+import logging
 import time
 
 import pytest
@@ -9,6 +10,7 @@ import requests
 
 from gateway import create_app
 from tests.conftest import LIVE_URL, live_config
+from tests.test_openapi_keycloak import CSRF, bff_client, bff_log_in
 from tests.test_session_integrity_keycloak import INVALID_TOKEN, gateway, login, me, refused_within
 
 ACCOUNT_SESSIONS = f"{LIVE_URL}realms/edm/account/sessions"
@@ -173,3 +175,35 @@ def test_ending_the_tokens_own_session_ends_it_everywhere(gateways, kc):
     assert (answer.status_code, answer.json()) == (200, ENDED)
     refused_within([one.url, two.url], [tokens["accessToken"]], seconds=1.0)
     assert kc.admin.get_sessions(user.id) == []
+
+
+def test_each_end_of_a_session_is_audited_with_who_asked_and_what_came_of_it(behind_a_proxy, kc, caplog):
+    user, other = kc.create_user(), kc.create_user()
+    kept, ended, others = (log_in(behind_a_proxy, u, "10.1.2.3") for u in (user, user, other))
+    bearer = {"Authorization": f"Bearer {kept['accessToken']}", "X-Forwarded-For": "10.1.2.3"}
+    caplog.clear()  # the logins' own events
+    with caplog.at_level(logging.INFO, logger="gateway.audit"):
+        assert behind_a_proxy.delete(f"/api/sessions/{sid_of(ended['accessToken'])}", headers=bearer).json == ENDED
+        assert behind_a_proxy.delete(f"/api/sessions/{sid_of(others['accessToken'])}",
+                                     headers=bearer).json == NOT_FOUND
+    assert [(r.event, r.endpoint, r.username, r.user_id, r.client, r.outcome) for r in caplog.records
+            if r.name == "gateway.audit"] == [
+        ("session end", "api.end_session", user.username, user.id, "10.1.2.3", "success"),
+        ("session end", "api.end_session", user.username, user.id, "10.1.2.3", "session_not_found")]
+
+
+def test_the_end_of_a_bff_session_is_audited_too(kc, tmp_path, caplog):
+    def call(method, path, client, path_template=None, **kwargs):
+        return client.open(path, method=method, **kwargs)
+
+    client, user = bff_client(tmp_path), kc.create_user()
+    bff_log_in(call, client, user)
+    own = client.get("/bff/sessions", headers=CSRF).json["sessions"][0]["id"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="gateway.audit"):
+        assert client.delete("/bff/sessions/nosuch", headers=CSRF).json == NOT_FOUND
+        assert client.delete(f"/bff/sessions/{own}", headers=CSRF).json == ENDED
+    assert [(r.event, r.endpoint, r.username, r.user_id, r.outcome) for r in caplog.records
+            if r.name == "gateway.audit"] == [
+        ("bff session end", "bff.end_session", user.username, user.id, "session_not_found"),
+        ("bff session end", "bff.end_session", user.username, user.id, "success")]
