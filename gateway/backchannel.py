@@ -21,26 +21,27 @@ from gateway.tokens import LEEWAY_SECONDS
 bp = Blueprint("backchannel", __name__)
 
 logout_token_schema = LogoutTokenSchema()
+REPLAYED = "a jti seen before: a replayed logout token"
 
 
 @bp.post("/backchannel-logout")
 def logout():
     """End the session a valid logout token names, on every gateway of the store."""
-    claims = services.current().logout_tokens.verify(load(logout_token_schema)["logout_token"])
+    built = services.current()
+    claims = built.logout_tokens.verify(load(logout_token_schema)["logout_token"])
     observe.identify(claims)
-    store, key = current_app.extensions["store"], jti_key(claims)
-    if store.get(key) is not None:
-        raise InvalidLogoutToken("a jti seen before: a replayed logout token")
+    key = jti_key(claims)
+    if built.store.get(key) is not None:
+        raise InvalidLogoutToken(REPLAYED)
     # Ended first, spent after: a store that fails in between leaves the token good for Keycloak's next attempt.
     # Ending twice (a twin sent at the same moment) ends the same sessions: the sub's are those begun before `iat`.
-    ended = services.current().ended
     if "sid" in claims:
-        ended.end_sid(claims["sid"], "back-channel logout")
+        built.ended.end_sid(claims["sid"], "back-channel logout")
     else:
-        ended.end_sub(claims["sub"], "back-channel logout of every session of the user", at=claims["iat"])
-    ttl = max(1.0, claims["exp"] + LEEWAY_SECONDS - services.current().logout_tokens.clock())
-    if not store.put_new(key, b"1", ttl):
-        raise InvalidLogoutToken("a jti seen before: a replayed logout token")
+        built.ended.end_sub(claims["sub"], "back-channel logout of every session of the user", at=claims["iat"])
+    ttl = max(1.0, claims["exp"] + LEEWAY_SECONDS - built.logout_tokens.clock())
+    if not built.store.put_new(key, b"1", ttl):
+        raise InvalidLogoutToken(REPLAYED)
     return "", 200, {"Cache-Control": "no-store"}
 
 

@@ -4,6 +4,7 @@ The same settings wherever the gateway runs (`make run`, the container image, a 
 checkout's `gunicorn.conf.py` only points here, for a bare `gunicorn 'gateway:create_app()'`.
 """
 
+import gc
 import glob
 import logging
 import os
@@ -71,8 +72,6 @@ def post_fork(server, worker):
 def post_worker_init(worker):
     """Move the app this worker just built out of the collector's reach: a full collection then walks only what
     requests allocate, instead of pausing every thread of the worker for the whole heap (the open loop's tail)."""
-    import gc
-
     gc.freeze()
 
 
