@@ -36,7 +36,6 @@ from bench.wrk import Request
 ROOT = Path(__file__).resolve().parent.parent
 # (candidate, path fragments of its frames); a sample goes to the first candidate met from its innermost frame.
 CANDIDATES = [
-    ("Flask-Limiter's machinery", ("flask_limiter/",)),
     ("limits: storage and moving window", ("/limits/",)),
     ("gateway/limits.py (key functions, its storage)", ("gateway/limits.py",)),
     ("JSON log lines (logging, gateway/logs.py)", ("/logging/", "gateway/logs.py")),

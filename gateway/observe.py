@@ -17,7 +17,7 @@ import time
 
 from flask import g, has_request_context, request
 
-from gateway import metrics
+from gateway import logs, metrics
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # version-trace_id-parent_id-flags in lower-case hex; a later version may append fields after another "-".
@@ -115,7 +115,7 @@ def _username():
 def audit(event, outcome, reason=None):
     """An audit event of its own within a request: a BFF session's refresh, made by whichever request found the
     access token about to expire."""
-    audit_log.info("audit", extra={
+    logs.info(audit_log, "audit", {
         "event": event, "endpoint": request.endpoint, "username": _username(), "user_id": g.get("user_id"),
         "client": request.remote_addr, "outcome": outcome, "reason": reason,
         "upstream_ms": round(g.get("upstream_seconds", 0.0) * 1000, 2)})
@@ -137,11 +137,11 @@ def finish(response):
         metrics.RATE_LIMITED.labels(endpoint).inc()
 
     client = request.remote_addr
-    request_log.info("request", extra={"method": request.method, "path": request.path, "status": status,
-                                       "duration_ms": round(elapsed * 1000, 2), "client": client})
+    logs.info(request_log, "request", {"method": request.method, "path": request.path, "status": status,
+                                        "duration_ms": round(elapsed * 1000, 2), "client": client})
     event = AUDITED.get(endpoint)
     if event is not None:
-        audit_log.info("audit", extra={
+        logs.info(audit_log, "audit", {
             "event": event, "endpoint": endpoint, "username": _username(), "user_id": g.get("user_id"),
             "client": client, "outcome": outcome, "reason": g.get("reason"),
             "upstream_ms": round(g.upstream_seconds * 1000, 2)})

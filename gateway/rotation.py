@@ -18,7 +18,6 @@ sealed answer, for the grace only), both HMACs of the old token.
 import json
 import logging
 import time
-from dataclasses import asdict
 
 from gateway.errors import GatewayError, InvalidRefreshToken, RefreshReused, StoreUnavailable, UpstreamTimeout
 from gateway.sealing import Sealer
@@ -66,7 +65,7 @@ class Rotation:
             raise
         spent = json.dumps({"sid": tokens.claims.get("sid"), "at": self.clock()}).encode()
         try:
-            self.store.put(grace, self.sealer.seal(grace, asdict(tokens)), self.grace)
+            self.store.put(grace, self.sealer.seal(grace, vars(tokens)), self.grace)  # asdict would copy the claims
             self.store.put(mark, spent, tokens.refresh_expires_in or SPENT_FALLBACK)
         except StoreUnavailable as exc:
             # Keycloak has spent the old token: these are the user's only tokens now. A tab that presents the old

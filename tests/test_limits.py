@@ -190,7 +190,7 @@ def test_limits_in_redis_are_shared_by_every_app_using_it(keycloak, redis_url):
 
 
 def test_a_store_failure_while_charging_a_failed_login_is_the_503(keycloak, redis_url, monkeypatch):
-    """Flask-Limiter charges a failure after the view answered: Redis failing right then is still the store's 503."""
+    """A failed login is charged after the view answered: Redis failing right then is still the store's 503."""
     from limits.errors import StorageError
 
     from redis import ConnectionError

@@ -20,7 +20,7 @@ Both answer the same calls, and tests/test_store.py runs every test on each:
 
 Callers own their key prefixes: BFF sessions and their refresh leases (`gateway/sessions.py`), used login states
 (`gateway/bff.py`), ended sessions (the `ended` feed, `gateway/revocations.py`), seen logout-token ids
-(`gateway/backchannel.py`), rotation grace answers (`gateway/rotation.py`). Rate-limit counts (Flask-Limiter) and
+(`gateway/backchannel.py`), rotation grace answers (`gateway/rotation.py`). Rate-limit counts (`limits`' storage) and
 the per-username login turns keep mechanisms of their own; with Redis they share this store's client (`redis`).
 
 Any failure of the store is StoreUnavailable (the documented 503), never a 500 and never a check skipped; nothing

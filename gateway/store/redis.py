@@ -1,7 +1,7 @@
 """The store in Redis (GATEWAY_REDIS_URL): every gateway process on every host shares it, and with
 `redis+sentinel://` it follows the primary through a Sentinel failover.
 
-The only module that builds a Redis client; Flask-Limiter's counts and the login turns use this one (`redis`).
+The only module that builds a Redis client; the rate limits' counts and the login turns use this one (`redis`).
 Every call is bounded (CALL_TIMEOUT, at most KEYCLOAK_TIMEOUT) and retried once at once: after a Redis restart or
 a failover each pooled connection fails once, then reconnects (through the Sentinels, to the new primary). Keys
 live under `edm-gateway:kv:` and feeds are streams under `edm-gateway:feed:`; every script touches one key, so
@@ -74,7 +74,7 @@ class RedisStore:
 
     @property
     def pool(self):
-        """Its connection pool, which Flask-Limiter's storage shares."""
+        """Its connection pool, which the rate limits' storage shares."""
         return self.redis.connection_pool
 
     @staticmethod
