@@ -32,6 +32,7 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, No
 _secrets = set()
 _secrets_lock = threading.Lock()
 _encode = json.JSONEncoder(default=str).encode
+_PLAIN = frozenset({int, float, bool, type(None)})  # values with no text in them to clean
 
 
 @functools.lru_cache(maxsize=1024)
@@ -66,19 +67,23 @@ class JsonFormatter(logging.Formatter):
     during a request, and those given with `extra=`); every string cleaned of secrets."""
 
     def format(self, record):
-        line = {
+        clean = self.clean
+        line = {  # the first four are the gateway's own words: nothing in them to clean
             "time": _utc_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": clean(record.getMessage()),
             "pid": record.process,
         }
         for name, value in record.__dict__.items():
             if name not in _RECORD_ATTRIBUTES and name[0] != "_":
-                line[name] = REDACTED if _is_secret_field(name) else value
+                if _is_secret_field(name):
+                    line[name] = REDACTED
+                else:
+                    line[name] = value if type(value) in _PLAIN else clean(value)
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return _encode({name: self.clean(value) for name, value in line.items()})
+            line["exception"] = clean(self.formatException(record.exc_info))
+        return _encode(line)
 
     @staticmethod
     def clean(value):
@@ -133,8 +138,10 @@ def _stamped_with_request_id(make_record):
 
     def make(*args, **kwargs):
         record = make_record(*args, **kwargs)
-        if has_request_context() and "request_id" in g:
-            record.request_id, record.trace_id = g.request_id, g.get("trace_id")
+        if has_request_context():
+            context = g._get_current_object()
+            if "request_id" in context:
+                record.request_id, record.trace_id = context.request_id, getattr(context, "trace_id", None)
         return record
 
     make.edm_gateway = True

@@ -12,7 +12,6 @@ the time spent upstream; the response helpers name the user once a token says wh
 import logging
 import os
 import re
-import secrets
 import time
 
 from flask import g, has_request_context, request
@@ -49,20 +48,24 @@ def register(app):
 
 def start():
     """Give the request its id: the incoming `X-Request-ID` if it is a sane token, else a new one."""
-    if "request_id" in g:
+    context = g._get_current_object()  # one look-up of the proxy, not one per name
+    if "request_id" in context:
         return
-    incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16)
-    g.started = time.perf_counter()
-    g.upstream_seconds = 0.0
-    _start_trace(request.headers.get("traceparent"), request.headers.get("tracestate"))
+    headers = request.headers
+    incoming = headers.get("X-Request-ID", "")
+    ids = os.urandom(40).hex()  # a request id, a trace id and this span's id, random, in one call
+    context.request_id = incoming if REQUEST_ID.fullmatch(incoming) else ids[48:]
+    context.started = time.perf_counter()
+    context.upstream_seconds = 0.0
+    context.trace_id, context.trace_headers = _start_trace(headers.get("traceparent"), headers.get("tracestate"),
+                                                           ids[:48])
 
 
-def _start_trace(traceparent, tracestate):
-    """This request's trace: the incoming one when its `traceparent` is well-formed (version 00 exactly, a later
-    version by its first four fields), else a new one; and this gateway's span within it."""
+def _start_trace(traceparent, tracestate, ids):
+    """This request's trace id and the headers that carry it on: the incoming trace when its `traceparent` is
+    well-formed (version 00 exactly, a later version by its first four fields), else a new one (`ids`: 48 random
+    hex digits); and this gateway's span within it."""
     parsed = TRACEPARENT.fullmatch(traceparent) if traceparent else None
-    ids = os.urandom(24).hex()  # a new trace id and this span's id, random, in one call
     while not ids[:32].strip("0") or not ids[32:].strip("0"):  # all zeros is no id in Trace Context
         ids = os.urandom(24).hex()
     if parsed is None or (parsed[1] == "00" and parsed[4] is not None):
@@ -72,7 +75,7 @@ def _start_trace(traceparent, tracestate):
     headers = {"traceparent": f"00-{trace_id}-{ids[32:]}-{flags}"}
     if tracestate and TRACESTATE.fullmatch(tracestate):
         headers["tracestate"] = tracestate
-    g.trace_id, g.trace_headers = trace_id, headers
+    return trace_id, headers
 
 
 def trace_headers():
@@ -124,25 +127,26 @@ def audit(event, outcome, reason=None):
 def finish(response):
     """Stamp the request id on the answer, then log and count the request."""
     start()  # a request refused before the hooks ran still gets an id
-    elapsed = time.perf_counter() - g.started
+    context, req = g._get_current_object(), request._get_current_object()  # one look-up of each proxy
+    elapsed = time.perf_counter() - context.started
     status = response.status_code
-    endpoint = request.endpoint or "none"
-    outcome = g.get("outcome") or ("success" if status < 400 else f"http_{status}")
-    response.headers["X-Request-ID"] = g.request_id
+    endpoint = req.endpoint or "none"
+    outcome = getattr(context, "outcome", None) or ("success" if status < 400 else f"http_{status}")
+    response.headers["X-Request-ID"] = context.request_id
 
-    metrics.REQUEST_SECONDS.labels(endpoint, request.method, str(status)).observe(elapsed)
-    if request.blueprint in API_BLUEPRINTS:
+    metrics.REQUEST_SECONDS.labels(endpoint, req.method, str(status)).observe(elapsed)
+    if req.blueprint in API_BLUEPRINTS:
         metrics.ATTEMPTS.labels(endpoint, outcome).inc()
     if outcome == "rate_limited":
         metrics.RATE_LIMITED.labels(endpoint).inc()
 
-    client = request.remote_addr
-    logs.info(request_log, "request", {"method": request.method, "path": request.path, "status": status,
+    client = req.remote_addr
+    logs.info(request_log, "request", {"method": req.method, "path": req.path, "status": status,
                                         "duration_ms": round(elapsed * 1000, 2), "client": client})
     event = AUDITED.get(endpoint)
     if event is not None:
         logs.info(audit_log, "audit", {
-            "event": event, "endpoint": endpoint, "username": _username(), "user_id": g.get("user_id"),
-            "client": client, "outcome": outcome, "reason": g.get("reason"),
-            "upstream_ms": round(g.upstream_seconds * 1000, 2)})
+            "event": event, "endpoint": endpoint, "username": _username(), "user_id": getattr(context, "user_id", None),
+            "client": client, "outcome": outcome, "reason": getattr(context, "reason", None),
+            "upstream_ms": round(context.upstream_seconds * 1000, 2)})
     return response
