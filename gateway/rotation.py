@@ -65,8 +65,8 @@ class Rotation:
             raise
         spent = json.dumps({"sid": tokens.claims.get("sid"), "at": self.clock()}).encode()
         try:
-            self.store.put(grace, self.sealer.seal(grace, vars(tokens)), self.grace)  # asdict would copy the claims
-            self.store.put(mark, spent, tokens.refresh_expires_in or SPENT_FALLBACK)
+            self.store.put_many([(grace, self.sealer.seal(grace, vars(tokens)), self.grace),  # (asdict: a deep copy)
+                                 (mark, spent, tokens.refresh_expires_in or SPENT_FALLBACK)])
         except StoreUnavailable as exc:
             # Keycloak has spent the old token: these are the user's only tokens now. A tab that presents the old
             # one again meets Keycloak's own reuse check instead of the grace.

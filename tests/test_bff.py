@@ -341,7 +341,7 @@ def test_anonymous_login_starts_store_nothing(client, app):
                           environ_base={"REMOTE_ADDR": f"10.0.0.{i}"}).status_code == 302
         client.delete_cookie("__Host-edm-login")  # each start a new "browser"
     store = app.extensions["store"]
-    assert store._execute("count", "SELECT count(*) FROM entries").fetchone()[0] == 0
+    assert store._run("count", "SELECT count(*) FROM entries", rows=True)[0][0] == 0
 
 
 def test_logout_of_a_session_keycloak_ended_already_succeeds(client, realm, signer):

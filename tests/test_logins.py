@@ -26,7 +26,7 @@ def store(tmp_path):
 
 
 def entries(store):
-    return store._execute("count", "SELECT count(*) FROM entries").fetchone()[0]
+    return store._run("count", "SELECT count(*) FROM entries", rows=True)[0][0]
 
 
 def test_a_login_start_stores_nothing_and_its_callback_spends_the_state_once(store):

@@ -77,6 +77,15 @@ def test_entries_expire(store):
     assert store.take("k") is None
 
 
+def test_put_many_stores_each_entry_with_its_own_expiry_over_what_was_there(store):
+    store, advance = store
+    store.put("a", b"old", 10)
+    assert store.put_many([("a", b"new", 10), ("b", b"short", 0.2)]) is None
+    assert (store.get("a"), store.get("b")) == (b"new", b"short")
+    advance(0.3)
+    assert (store.get("a"), store.get("b")) == (b"new", None)
+
+
 def test_only_existing_writes_over_a_live_entry_only(store):
     store, _ = store
     assert store.put("k", b"new", 10, only_existing=True) is False

@@ -1,6 +1,9 @@
 """The host's store: one SQLite file (WAL mode) that every worker process of the host opens, in a per-user 0700
-directory. Each thread has its own connection, opened on first use (so none crosses gunicorn's fork); expired
-entries are swept now and then."""
+directory. Each process has one connection, opened on first use (so none crosses gunicorn's fork), that its threads
+take in turn: a statement takes microseconds, and a connection of its own per thread would cost more than the wait
+(its page cache emptied by every other connection's write, and a writer that finds the file locked sleeps 1, 2,
+5... ms in SQLite's busy handler, where a thread waiting for the lock is woken as it is released). Expired entries
+are swept now and then."""
 
 import fcntl
 import os
@@ -39,7 +42,8 @@ class HostStore:
         self.path = os.path.join(directory, self.FILE)
         self.timeout = timeout
         self.clock = clock
-        self._local = threading.local()
+        self._lock = threading.Lock()  # the connection's, and the sweep's time
+        self._db, self._pid = None, None
         self._swept_at = 0.0
         self._connect().close()  # now: a directory or file that cannot be used stops the start
 
@@ -52,7 +56,7 @@ class HostStore:
                 raise ConfigError(f"state directory {self.directory} (under XDG_RUNTIME_DIR or TMPDIR) must be a "
                                   "directory of this user, mode 0700")
             self._create_file()
-            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable enough for this state, no fsync per write
             for statement in _SCHEMA:
@@ -84,48 +88,67 @@ class HostStore:
         except OSError as exc:
             raise StoreUnavailable(f"host store {operation}: {exc.strerror or exc}") from exc
 
-    def _db(self):
-        local = self._local
-        # A file removed by a temp-file cleaner is made again, not written on unlinked (one stat per call).
-        if getattr(local, "pid", None) != os.getpid() or not os.path.exists(self.path):
-            local.db, local.pid = self._connect(), os.getpid()
-        return local.db
+    def _run(self, operation, sql, parameters=(), rows=False):
+        """The statement's rows (`rows`), else the count of rows it changed; every row fetched under the lock (a
+        statement with RETURNING commits only once its last row is read)."""
+        with self._lock, self._translated(operation):
+            cursor = self._connection().execute(sql, parameters)
+            return cursor.fetchall() if rows else cursor.rowcount
 
-    def _execute(self, operation, sql, parameters=()):
-        with self._translated(operation):
-            return self._db().execute(sql, parameters)
+    def _connection(self):
+        """This process's connection (the lock held). A file removed by a temp-file cleaner is made again, not
+        written on unlinked (one stat per call)."""
+        if self._pid != os.getpid() or not os.path.exists(self.path):
+            if self._db is not None and self._pid == os.getpid():
+                self._db.close()
+            self._db, self._pid = self._connect(), os.getpid()
+        return self._db
 
     def get(self, key):
-        row = self._execute("read", "SELECT value FROM entries WHERE key = ? AND expires > ?",
-                            (key, self.clock())).fetchone()
-        return bytes(row[0]) if row else None
+        rows = self._run("read", "SELECT value FROM entries WHERE key = ? AND expires > ?", (key, self.clock()), True)
+        return bytes(rows[0][0]) if rows else None
 
     def put(self, key, value, ttl, only_existing=False):
         now = self.clock()
         if only_existing:
-            done = self._execute("write", "UPDATE entries SET value = ?, expires = ? WHERE key = ? AND expires > ?",
-                                 (value, now + ttl, key, now))
+            done = self._run("write", "UPDATE entries SET value = ?, expires = ? WHERE key = ? AND expires > ?",
+                             (value, now + ttl, key, now))
         else:
-            done = self._execute("write", "INSERT INTO entries (key, value, expires) VALUES (?, ?, ?) ON CONFLICT "
-                                 "(key) DO UPDATE SET value = excluded.value, expires = excluded.expires",
-                                 (key, value, now + ttl))
+            done = self._run("write", "INSERT INTO entries (key, value, expires) VALUES (?, ?, ?) ON CONFLICT "
+                             "(key) DO UPDATE SET value = excluded.value, expires = excluded.expires",
+                             (key, value, now + ttl))
         self._sweep(now)
-        return done.rowcount == 1
+        return done == 1
+
+    def put_many(self, entries):
+        now = self.clock()
+        with self._lock, self._translated("write"):
+            db = self._connection()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT INTO entries (key, value, expires) VALUES (?, ?, ?) ON CONFLICT (key) DO "
+                               "UPDATE SET value = excluded.value, expires = excluded.expires",
+                               [(key, value, now + ttl) for key, value, ttl in entries])
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        self._sweep(now)
 
     def put_new(self, key, value, ttl):
         now = self.clock()
-        done = self._execute("write", "INSERT INTO entries (key, value, expires) VALUES (?, ?, ?) ON CONFLICT (key) "
-                             "DO UPDATE SET value = excluded.value, expires = excluded.expires "
-                             "WHERE entries.expires <= ?", (key, value, now + ttl, now))
+        done = self._run("write", "INSERT INTO entries (key, value, expires) VALUES (?, ?, ?) ON CONFLICT (key) "
+                         "DO UPDATE SET value = excluded.value, expires = excluded.expires "
+                         "WHERE entries.expires <= ?", (key, value, now + ttl, now))
         self._sweep(now)
-        return done.rowcount == 1
+        return done == 1
 
     def take(self, key):
-        row = self._execute("take", "DELETE FROM entries WHERE key = ? RETURNING value, expires", (key,)).fetchone()
-        return bytes(row[0]) if row and row[1] > self.clock() else None
+        rows = self._run("take", "DELETE FROM entries WHERE key = ? RETURNING value, expires", (key,), True)
+        return bytes(rows[0][0]) if rows and rows[0][1] > self.clock() else None
 
     def delete(self, key):
-        self._execute("delete", "DELETE FROM entries WHERE key = ?", (key,))
+        self._run("delete", "DELETE FROM entries WHERE key = ?", (key,))
 
     def lease(self, key, ttl):
         token = secrets.token_hex(16)
@@ -133,28 +156,28 @@ class HostStore:
 
     def renew(self, key, token, ttl):
         now = self.clock()
-        done = self._execute("renew", "UPDATE entries SET expires = ? WHERE key = ? AND value = ? AND expires > ?",
-                             (now + ttl, key, token.encode(), now))
-        return done.rowcount == 1
+        done = self._run("renew", "UPDATE entries SET expires = ? WHERE key = ? AND value = ? AND expires > ?",
+                         (now + ttl, key, token.encode(), now))
+        return done == 1
 
     def release(self, key, token):
-        self._execute("release", "DELETE FROM entries WHERE key = ? AND value = ?", (key, token.encode()))
+        self._run("release", "DELETE FROM entries WHERE key = ? AND value = ?", (key, token.encode()))
 
     def append(self, feed, value, retention):
         now = self.clock()
-        self._execute("append", "INSERT INTO feeds (feed, value, expires) VALUES (?, ?, ?)",
-                      (feed, value, now + retention))
+        self._run("append", "INSERT INTO feeds (feed, value, expires) VALUES (?, ?, ?)",
+                  (feed, value, now + retention))
         self._sweep(now)
 
     def since(self, feed, cursor):
-        rows = self._execute("feed read", "SELECT id, value FROM feeds WHERE feed = ? AND id > ? AND expires > ? "
-                             "ORDER BY id", (feed, cursor or 0, self.clock())).fetchall()
+        rows = self._run("feed read", "SELECT id, value FROM feeds WHERE feed = ? AND id > ? AND expires > ? "
+                         "ORDER BY id", (feed, cursor or 0, self.clock()), True)
         return (rows[-1][0] if rows else cursor), [bytes(value) for _, value in rows]
 
     def ready(self):
         """Whether the file can be read now."""
         try:
-            self._execute("ping", "SELECT 1")
+            self._run("ping", "SELECT 1")
         except StoreUnavailable:
             return False
         return True
@@ -162,5 +185,5 @@ class HostStore:
     def _sweep(self, now):
         if now - self._swept_at >= SWEEP_SECONDS:
             self._swept_at = now
-            self._execute("sweep", "DELETE FROM entries WHERE expires <= ?", (now,))
-            self._execute("sweep", "DELETE FROM feeds WHERE expires <= ?", (now,))
+            self._run("sweep", "DELETE FROM entries WHERE expires <= ?", (now,))
+            self._run("sweep", "DELETE FROM feeds WHERE expires <= ?", (now,))

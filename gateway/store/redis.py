@@ -89,6 +89,13 @@ class RedisStore:
         with translated("set"):
             return bool(self.redis.set(self.PREFIX + key, value, px=self._ms(ttl), xx=only_existing))
 
+    def put_many(self, entries):
+        with translated("set"):
+            pipe = self.redis.pipeline(transaction=False)  # one round trip; each SET is atomic on its own
+            for key, value, ttl in entries:
+                pipe.set(self.PREFIX + key, value, px=self._ms(ttl))
+            pipe.execute()
+
     def put_new(self, key, value, ttl):
         with translated("set nx"):
             return bool(self.redis.set(self.PREFIX + key, value, px=self._ms(ttl), nx=True))
