@@ -197,6 +197,36 @@ def test_the_host_store_comes_back_when_its_file_is_removed(tmp_path):
     assert HostStore(str(tmp_path / "s")).get("k") == b"again"  # written where the other processes read
 
 
+def test_a_put_many_that_fails_halfway_stores_none_of_it_and_leaves_the_store_working(tmp_path):
+    store = HostStore(str(tmp_path / "s"))
+    with pytest.raises(StoreUnavailable):
+        store.put_many([("first", b"stored?", 10), ("second", object(), 10)])  # the second cannot be written
+    assert store.get("first") is None
+    store.put("later", b"committed", 10)
+    assert HostStore(str(tmp_path / "s")).get("later") == b"committed"  # not held in a transaction left open
+
+
+def test_the_threads_of_a_process_share_its_host_store(tmp_path):
+    store = HostStore(str(tmp_path / "s"))
+    failures = []
+
+    def writer(n):
+        try:
+            for i in range(50):
+                store.put_many([(f"w{n}-{i}", b"a", 10), (f"w{n}-{i}-b", b"b", 10)])
+                assert store.get(f"w{n}-{i}") == b"a"
+        except Exception as exc:  # noqa: BLE001 - reported below, from the main thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert sum(store.get(f"w{n}-{i}-b") == b"b" for n in range(8) for i in range(50)) == 400
+
+
 def test_a_redis_that_cannot_be_reached_is_a_503():
     from tests.conftest import free_port
 

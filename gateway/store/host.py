@@ -12,7 +12,7 @@ import sqlite3
 import stat
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from gateway.config import ConfigError
 from gateway.errors import StoreUnavailable
@@ -98,9 +98,10 @@ class HostStore:
     def _connection(self):
         """This process's connection (the lock held). A file removed by a temp-file cleaner is made again, not
         written on unlinked (one stat per call)."""
-        if self._pid != os.getpid() or not os.path.exists(self.path):
+        if self._db is None or self._pid != os.getpid() or not os.path.exists(self.path):
             if self._db is not None and self._pid == os.getpid():
-                self._db.close()
+                with suppress(sqlite3.Error):
+                    self._db.close()
             self._db, self._pid = self._connect(), os.getpid()
         return self._db
 
@@ -129,10 +130,13 @@ class HostStore:
                 db.executemany("INSERT INTO entries (key, value, expires) VALUES (?, ?, ?) ON CONFLICT (key) DO "
                                "UPDATE SET value = excluded.value, expires = excluded.expires",
                                [(key, value, now + ttl) for key, value, ttl in entries])
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # Never leave the process's one connection inside a transaction: every later write would join it.
+                self._db = None
+                with suppress(sqlite3.Error):
+                    db.close()  # (closing rolls back what is not committed)
                 raise
-            db.execute("COMMIT")
         self._sweep(now)
 
     def put_new(self, key, value, ttl):
