@@ -83,7 +83,8 @@ def build_app(args):
         for name in ("ATTEMPTS", "REQUEST_SECONDS", "UPSTREAM_SECONDS", "RATE_LIMITED", "KEY_FETCHES"):
             setattr(metrics, name, NoMetric())
     if "limits" in off:
-        app.extensions["limits"].enabled = False
+        limits = app.extensions["limits"]
+        limits.per_address, limits.per_username = [], []  # every request then pays only the test of its method
     return app
 
 

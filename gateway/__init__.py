@@ -31,8 +31,10 @@ def create_app(test_config=None):
 
     configure_logging()
     app = Flask(__name__, static_folder=None)  # gateway/static/ is the tester page's, served only with it
-    # Flask asks `inspect` whether each hook and view is a coroutine function on every request: once is enough.
-    app.ensure_sync = functools.cache(app.ensure_sync)
+    # Flask asks `inspect` whether each hook and view is a coroutine function on every request: once is enough. The
+    # gateway's hooks and views are a few dozen module functions; bounded all the same, should a per-request
+    # closure (`after_this_request`) ever come through here.
+    app.ensure_sync = functools.lru_cache(maxsize=256)(app.ensure_sync)
     settings = load_settings(overrides=test_config)
     check_server(settings)
     register_secret(settings.client_secret)

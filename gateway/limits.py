@@ -132,7 +132,8 @@ class Limits:
         self.storage = (storage_from_string("redis://", connection_pool=store.pool, wrap_exceptions=True) if shared
                         else HostMemoryStorage(wrap_exceptions=True))
         self.limiter = MovingWindowRateLimiter(self.storage)
-        # each limit's periods shortest first; a refusal by one is not counted against the longer ones
+        # each setting's limits by granularity (second, minute, hour...), as limits orders them; a refusal by one
+        # is not counted against those after it
         self.per_address = sorted(parse_many(settings.limit_per_address)) if settings.limit_per_address else []
         self.per_username = sorted(parse_many(settings.limit_per_username)) if settings.limit_per_username else []
         self.exempt = set()  # endpoints never limited, a POST's though they are
