@@ -27,7 +27,9 @@ thread, and released by the kernel when the file is closed or its process dies).
 members of a sorted set scored by their expiry, added and counted by one Lua script, so places of a crashed
 process lapse by themselves. A turn held in Redis is extended while its holder is inside (a watchdog thread per
 process renews it, and the holder's place, every third of the expiry), so it never lapses under a grant or look-up
-still running; a holder whose process died stops being renewed, and its turn lapses within the expiry.
+still running; a holder whose process died stops being renewed, and its turn lapses within the expiry. A release
+that Redis refused (its primary went away as the login ended) is tried again by a thread of the process until it
+lands, as it does on the replica that a Sentinel failover promotes, or the turn has lapsed anyway.
 """
 
 import fcntl
@@ -59,6 +61,8 @@ RETRY_AFTER = 1
 # loaded with other work, one logged in 50 ms after its previous grant was refused), so a turn begins at the earliest
 # this long after the previous grant of the username ended.
 SETTLE_SECONDS = 0.1
+# How often a release that Redis refused (a turn or a place, at the moment the primary went away) is tried again.
+RELEASE_RETRY = 0.25
 # Where the lock file keeps when its username's last grant ended (CLOCK_MONOTONIC, the same in every process).
 _ENDED = struct.Struct("d")
 
@@ -313,6 +317,8 @@ class SharedTurns(_Turns):
         self._held = set()
         self._held_guard = threading.Lock()
         self._watchdog = None  # the thread renewing this process's turns, while it holds any
+        self._unreleased = []  # (monotonic time it lapses by itself, operation, release) that Redis refused
+        self._releaser = None  # the thread trying those again, while there are any
 
     @contextmanager
     def hold(self, username):
@@ -342,11 +348,11 @@ class SharedTurns(_Turns):
                 finally:
                     self._unwatch(held)
                     # Not deleted: left to lapse once the grant settled in Keycloak, then the next one may begin.
-                    self._let_go("login turn", lambda: lock.extend(turn.settle, replace_ttl=True))
+                    self._let_go("login turn", lambda: _settle(lock, turn.settle), self.expiry)
             finally:
                 self._leave(key, queue)
         finally:
-            self._let_go("login places", lambda: self.client.zrem(places, token))
+            self._let_go("login places", lambda: self.client.zrem(places, token), self.timeout + self.expiry)
 
     def _watch(self, held):
         with self._held_guard:
@@ -387,11 +393,51 @@ class SharedTurns(_Turns):
                 # Lost, or Redis away: Keycloak's own guard is the backstop; the next renewal tries again.
                 log.warning("could not extend a login turn: %s", exc.reason)
 
-    @staticmethod
-    def _let_go(operation, release):
-        # The grant is done: a Redis that fails now must not change its answer, and the lock or place lapses anyway.
+    def _let_go(self, operation, release, lapses_within):
+        """Release what a login held. The grant is done: a Redis that fails now must not change its answer. What it
+        could not release is tried again until that lands or the thing has lapsed by itself (`lapses_within` seconds
+        at most): after a Sentinel failover the new primary still holds the turn that the old one could not free, and
+        without the retry every login of the username would wait for it until it lapsed."""
         try:
             with translated(operation):
                 release()
         except StoreUnavailable as exc:
-            log.warning("could not release: %s (it lapses by itself)", exc.reason)
+            log.warning("could not release: %s (tried again until it lapses by itself)", exc.reason)
+            with self._held_guard:
+                self._unreleased.append((time.monotonic() + lapses_within, operation, release))
+                if self._releaser is None or not self._releaser.is_alive():  # none yet, or left in a forked parent
+                    self._releaser = threading.Thread(target=self._releases, name="edm-gateway-turn-release",
+                                                      daemon=True)
+                    self._releaser.start()
+
+    def _releases(self):
+        """The releaser: every RELEASE_RETRY seconds, each release Redis refused, until none is left to try."""
+        while True:
+            time.sleep(RELEASE_RETRY)
+            with self._held_guard:
+                now = time.monotonic()
+                self._unreleased = [entry for entry in self._unreleased if entry[0] > now]
+                if not self._unreleased:
+                    self._releaser = None
+                    return
+                pending = list(self._unreleased)
+            for entry in pending:
+                try:
+                    with translated(entry[1]):
+                        entry[2]()
+                except StoreUnavailable:
+                    continue
+                with self._held_guard:
+                    if entry in self._unreleased:
+                        self._unreleased.remove(entry)
+
+
+def _settle(lock, seconds):
+    """Leave the turn to lapse `seconds` from now; one that lapsed already (and may be the next login's) is no longer
+    this login's to change."""
+    import redis
+
+    try:
+        lock.extend(seconds, replace_ttl=True)
+    except redis.exceptions.LockNotOwnedError:
+        pass

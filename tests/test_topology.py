@@ -443,7 +443,7 @@ def test_a_gateway_stopped_gracefully_while_nginx_sends_it_traffic(stack, load_u
         stopping = time.monotonic()
         took, resets = stopped_gracefully(stack, "gateway-1")
         load.wait_for_answers(len(load.answers) + 30)  # all on gateway-2 now
-        stack.start_gateway("gateway-1")
+        restarted(stack, "gateway-1")
         load.wait_for_answers(len(load.answers) + 20)
     finally:
         answers = load.stop()
@@ -484,7 +484,7 @@ def test_a_gateway_killed_fails_only_what_was_in_flight_on_it_and_nginx_sends_no
         dead = time.monotonic()
         for thread in single:
             thread.join(120)
-        stack.start_gateway("gateway-2")
+        restarted(stack, "gateway-2")
         load.wait_for_answers(len(load.answers) + 20)
     finally:
         answers = load.stop()
@@ -519,6 +519,15 @@ def served_through_nginx(stack, name, since, timeout=30):
     raise AssertionError(f"nginx sent {name} nothing within {timeout} s of its restart")
 
 
+def restarted(stack, name):
+    """Start gateway `name` again; seconds until nginx sends it traffic. Each test that stops a gateway leaves it back
+    in nginx's rotation: the next test to stop the other one would otherwise leave nginx no live upstream, and every
+    request would be a 502 until the first one's fail_timeout had passed."""
+    offset = len(stack.logs(name))
+    stack.start_gateway(name)
+    return served_through_nginx(stack, name, offset)
+
+
 def test_a_rolling_restart_of_both_gateways(stack, load_users, browsers, figures):
     """One gateway after the other: stopped (SIGTERM), started, and the next one only once nginx sends the restarted
     one traffic again. Stopping the second sooner fails every request until nginx's fail_timeout of the first has
@@ -531,9 +540,7 @@ def test_a_rolling_restart_of_both_gateways(stack, load_users, browsers, figures
         for name in GATEWAYS:
             restart = time.monotonic()
             resets += stopped_gracefully(stack, name)[1]
-            offset = len(stack.logs(name))
-            stack.start_gateway(name)
-            back = served_through_nginx(stack, name, offset)
+            back = restarted(stack, name)
             took[name] = f"{time.monotonic() - restart:.1f} s (in nginx's rotation {back:.1f} s after ready)"
     finally:
         answers = load.stop()

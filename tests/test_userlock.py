@@ -175,3 +175,28 @@ def test_after_a_grant_that_timed_out_the_next_turn_waits_for_keycloak_to_be_don
     with pytest.raises(LoginQueueTimeout):
         with turns.hold("ahmadakbar"):
             pass
+
+
+def test_a_turn_that_a_failover_kept_from_being_released_is_released_on_the_promoted_replica(sentinel_group):
+    """The primary dies as a login ends: its turn, already on the replica, could not be released. Once the replica is
+    promoted the gateway releases it there, so the next login of the username gets its turn at once instead of
+    waiting the turn's expiry out (2 x timeout + 1 = 11 s here; the next login may wait 5 s)."""
+    from gateway.config import load_settings
+    from gateway.store.redis import RedisStore
+    from gateway.userlock import SharedTurns
+
+    def turns():  # one per gateway process, each with its own connections
+        store = RedisStore.from_settings(load_settings(environ={"KEYCLOAK_CLIENT_SECRET": "x",
+                                                                "GATEWAY_REDIS_URL": sentinel_group.url}))
+        return SharedTurns(store, timeout=5), store
+
+    ending, store = turns()
+    with ending.hold("ahmadakbar"):
+        assert store.redis.execute_command("WAIT", 1, 2000) == 1  # the turn is on the replica too
+        old = sentinel_group.kill_primary()
+    sentinel_group.wait_for_promotion(old)
+    promoted = time.monotonic()
+    nxt, _ = turns()
+    with nxt.hold("ahmadakbar"):
+        waited = time.monotonic() - promoted
+    assert waited < 2, f"the next login waited {waited:.1f} s for a turn that had ended"
