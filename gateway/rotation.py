@@ -52,6 +52,8 @@ class Rotation:
             state = self.store.get(mark)
             if state is not None and state != IN_FLIGHT:
                 return self._again(refresh_token, grant, state, grace, tokens_of)
+            if state == IN_FLIGHT and (kept := self._kept(grace, tokens_of)) is not None:
+                return kept  # the grant is done and its answer kept, but not its spent mark (a Redis cut between)
             if time.monotonic() > deadline:
                 raise UpstreamTimeout("waited too long for another request's refresh of the same token")
             time.sleep(pause)  # another request's grant is in flight: its answer is everyone's
@@ -73,13 +75,20 @@ class Rotation:
             log.warning("a refresh's answer not kept for its grace: %s", exc.reason)
         return tokens
 
+    def _kept(self, grace, tokens_of):
+        """The tokens kept for the grace, None if there are none; InvalidRefreshToken once their session ended."""
+        record = self.sealer.open(grace, self.store.get(grace))
+        if record is None:
+            return None
+        if self.ended.ended(record["claims"]):
+            raise InvalidRefreshToken("the refresh token's session has ended")
+        return tokens_of(record)
+
     def _again(self, refresh_token, grant, state, grace, tokens_of):
         spent = json.loads(state)
-        record = self.sealer.open(grace, self.store.get(grace))
-        if record is not None and not self.ended.ended(record["claims"]):
-            return tokens_of(record)
-        if record is not None:
-            raise InvalidRefreshToken("the refresh token's session has ended")
+        kept = self._kept(grace, tokens_of)
+        if kept is not None:
+            return kept
         sid = spent.get("sid")
         if isinstance(sid, str) and sid:
             self.ended.end_sid(sid, "a refresh token used again after the grace")

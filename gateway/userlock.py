@@ -348,7 +348,8 @@ class SharedTurns(_Turns):
                 finally:
                     self._unwatch(held)
                     # Not deleted: left to lapse once the grant settled in Keycloak, then the next one may begin.
-                    self._let_go("login turn", lambda: _settle(lock, turn.settle), self.expiry)
+                    settled = time.monotonic() + turn.settle
+                    self._let_go("login turn", lambda: _settle(lock, settled), self.expiry)
             finally:
                 self._leave(key, queue)
         finally:
@@ -427,17 +428,18 @@ class SharedTurns(_Turns):
                         entry[2]()
                 except StoreUnavailable:
                     continue
+                log.info("released after all: %s", entry[1])
                 with self._held_guard:
                     if entry in self._unreleased:
                         self._unreleased.remove(entry)
 
 
-def _settle(lock, seconds):
-    """Leave the turn to lapse `seconds` from now; one that lapsed already (and may be the next login's) is no longer
-    this login's to change."""
+def _settle(lock, settled):
+    """Leave the turn to lapse at `settled` (monotonic), also when this is a retry after that time; one that lapsed
+    already (and may be the next login's) is no longer this login's to change."""
     import redis
 
     try:
-        lock.extend(seconds, replace_ttl=True)
+        lock.extend(max(0.001, settled - time.monotonic()), replace_ttl=True)
     except redis.exceptions.LockNotOwnedError:
         pass

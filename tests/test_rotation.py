@@ -137,6 +137,29 @@ def test_a_store_that_fails_after_the_grant_still_hands_the_user_the_new_tokens(
     assert refresh(rotation_, keycloak, "refresh-1").refresh_token == "refresh-2"  # and the user goes on
 
 
+class KeepingTheFirstOnly(HostStore):
+    """A store that keeps the first entry of a write of several and fails on the next, as a Redis connection cut
+    between the pipeline's two commands does."""
+
+    def put_many(self, entries):
+        self.put(*entries[0])
+        raise StoreUnavailable("pipeline: ConnectionError")
+
+
+def test_a_token_whose_answer_was_kept_but_not_its_mark_gets_that_answer_again_at_once(tmp_path):
+    """The other tab does not wait for the in-flight mark to lapse and then show Keycloak the spent token (a reuse,
+    which would end the session): it finds the kept answer."""
+    store, keycloak = KeepingTheFirstOnly(str(tmp_path / "state")), Keycloak()
+    rotation_, _ = rotation(store)
+    first = refresh(rotation_, keycloak, "refresh-0")
+    began = time.monotonic()
+    again = refresh(rotation_, keycloak, "refresh-0")
+    assert (first.access_token, first.refresh_token) == (again.access_token, again.refresh_token) == (
+        "access-1", "refresh-1")
+    assert keycloak.grants == ["refresh-0"]
+    assert time.monotonic() - began < 1  # not the mark's 5 s
+
+
 def test_the_store_holds_neither_token(tmp_path):
     store = HostStore(str(tmp_path / "s"))
     refresh(rotation(store)[0], Keycloak(), "REFRESH-ZERO")

@@ -3,7 +3,10 @@ redis-server, and a real Redis primary found through real Sentinels; then what e
 file's privacy, a Redis that cannot be reached, a Sentinel failover followed without a restart."""
 
 import os
+import shutil
 import stat
+import subprocess
+import sys
 import threading
 import time
 
@@ -195,6 +198,62 @@ def test_the_host_store_comes_back_when_its_file_is_removed(tmp_path):
     assert store.get("k") is None  # the same thread, too, opens the file anew
     store.put("k", b"again", 10)
     assert HostStore(str(tmp_path / "s")).get("k") == b"again"  # written where the other processes read
+
+
+def test_a_host_store_file_removed_and_made_again_is_the_one_every_process_writes_to(tmp_path):
+    """Two processes' stores (each its own connection): once a cleaner removed the file and one of them made it
+    again, the other one writes there too, not to the file that nobody reads any more."""
+    first, second = HostStore(str(tmp_path / "s")), HostStore(str(tmp_path / "s"))
+    first.put("before", b"1", 10)
+    assert second.get("before") == b"1"
+    os.remove(tmp_path / "s" / HostStore.FILE)
+    first.put("from first", b"2", 10)  # makes the file again
+    second.put("from second", b"3", 10)
+    assert first.get("from second") == b"3" and second.get("from first") == b"2"
+    assert HostStore(str(tmp_path / "s")).get("from second") == b"3"
+
+
+def test_a_state_directory_made_unusable_while_running_is_a_503_not_a_crash(tmp_path):
+    store = HostStore(str(tmp_path / "s"))
+    store.put("k", b"v", 10)
+    shutil.rmtree(tmp_path / "s")
+    (tmp_path / "s").mkdir(mode=0o755)  # put back by someone else, open to other users
+    with pytest.raises(StoreUnavailable):
+        store.get("k")
+    assert store.ready() is False
+
+
+def test_a_file_another_process_keeps_locked_holds_no_reader_up_and_no_writer_past_its_timeout(tmp_path):
+    """Another process holds the write lock for 2.5 s (a backup, an operator's sqlite3 shell); the store may wait
+    1 s. Each of four writers gives up after its own second, not after the writers before it; a reader reads."""
+    store = HostStore(str(tmp_path / "s"), timeout=1.0)
+    store.put("k", b"v", 60)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys, time; db = sqlite3.connect(sys.argv[1], isolation_level=None); "
+         "db.execute('BEGIN IMMEDIATE'); print('held', flush=True); time.sleep(2.5); db.execute('COMMIT')",
+         str(tmp_path / "s" / HostStore.FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        began, answers = time.monotonic(), {}
+
+        def call(name, operation):
+            try:
+                answers[name] = (operation(), round(time.monotonic() - began, 1))
+            except StoreUnavailable:
+                answers[name] = ("503", round(time.monotonic() - began, 1))
+
+        threads = [threading.Thread(target=call, args=(f"put {n}", lambda n=n: store.put(f"p{n}", b"x", 60)))
+                   for n in range(4)]
+        threads.append(threading.Thread(target=call, args=("get", lambda: store.get("k"))))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        holder.wait(10)
+    assert answers["get"][0] == b"v" and answers["get"][1] < 0.9, answers
+    assert all(answers[f"put {n}"][0] == "503" and answers[f"put {n}"][1] <= 1.6 for n in range(4)), answers
+    assert store.put("after", b"y", 60) is True
 
 
 def test_a_put_many_that_fails_halfway_stores_none_of_it_and_leaves_the_store_working(tmp_path):

@@ -7,7 +7,10 @@ append-only feeds, on the host (every worker process of one host) or in Redis (e
 Both answer the same calls, and tests/test_store.py runs every test on each:
     get(key)                                 the live value, or None
     put(key, value, ttl, only_existing=False) store for `ttl` seconds (only over a live entry: True if stored)
-    put_many(entries)                        store each (key, value, ttl) of `entries` at once (one write)
+    put_many(entries)                        store each (key, value, ttl) of `entries` in one write (one round
+                                             trip); all or none on the host, but on Redis a failure may have
+                                             stored the first ones: callers write them in the order that
+                                             leaves any prefix safe (rotation: the answer, then the mark)
     put_new(key, value, ttl)                 store only if absent: True for the one caller that stored it
     take(key)                                the live value, removed in the same step (one caller gets it)
     delete(key)

@@ -2,7 +2,13 @@
 directory. Each process has one connection, opened on first use (so none crosses gunicorn's fork), that its threads
 take in turn: a statement takes microseconds, and a connection of its own per thread would cost more than the wait
 (its page cache emptied by every other connection's write, and a writer that finds the file locked sleeps 1, 2,
-5... ms in SQLite's busy handler, where a thread waiting for the lock is woken as it is released). Expired entries
+5... ms in SQLite's busy handler, where a thread waiting for the lock is woken as it is released).
+
+A file that another process holds locked for writing (another worker mid-write, a backup, an operator's sqlite3
+shell) is waited for with this process's lock let go between tries: the process's other threads, readers above all
+(WAL lets them read meanwhile), are not held up behind one waiting writer, and every operation ends within
+`timeout`, served or StoreUnavailable. A file removed or replaced under the processes is opened anew by each of them
+(one stat per operation tells), so they never go on writing to one that the others no longer read. Expired entries
 are swept now and then."""
 
 import fcntl
@@ -42,26 +48,31 @@ class HostStore:
         self.path = os.path.join(directory, self.FILE)
         self.timeout = timeout
         self.clock = clock
-        self._lock = threading.Lock()  # the connection's, and the sweep's time
-        self._db, self._pid = None, None
-        self._swept_at = 0.0
-        self._connect().close()  # now: a directory or file that cannot be used stops the start
+        self._lock = threading.Lock()  # the connection's
+        self._db, self._pid, self._file = None, None, None
+        self._swept_at = 0.0  # (read and set without the lock: two threads may both sweep, which does no harm)
+        with self._translated("open"):  # now: a directory or file that cannot be used stops the start
+            self._connect(busy_timeout=timeout).close()
 
-    def _connect(self):
-        """A connection to the file, made (with its directory and tables) if a temp-file cleaner removed it."""
-        with self._translated("open"):
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            info = os.lstat(self.directory)
-            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-                raise ConfigError(f"state directory {self.directory} (under XDG_RUNTIME_DIR or TMPDIR) must be a "
-                                  "directory of this user, mode 0700")
-            self._create_file()
-            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+    def _connect(self, busy_timeout=0.0):
+        """A connection to the file, made (with its directory and tables) if a temp-file cleaner removed it. Its busy
+        timeout is 0 once started: `_locked` waits for a locked file itself."""
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        info = os.lstat(self.directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise ConfigError(f"state directory {self.directory} (under XDG_RUNTIME_DIR or TMPDIR) must be a "
+                              "directory of this user, mode 0700")
+        self._create_file()
+        db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        try:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable enough for this state, no fsync per write
             for statement in _SCHEMA:
                 db.execute(statement)
-            return db
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def _create_file(self):
         """The database file, made if it is missing, one process at a time. A new file never meets the write-ahead
@@ -91,18 +102,54 @@ class HostStore:
     def _run(self, operation, sql, parameters=(), rows=False):
         """The statement's rows (`rows`), else the count of rows it changed; every row fetched under the lock (a
         statement with RETURNING commits only once its last row is read)."""
-        with self._lock, self._translated(operation):
-            cursor = self._connection().execute(sql, parameters)
+
+        def statement(db):
+            cursor = db.execute(sql, parameters)
             return cursor.fetchall() if rows else cursor.rowcount
 
+        return self._locked(operation, statement)
+
+    def _locked(self, operation, work):
+        """`work(connection)` with this process's lock held, within `timeout`. A file that another process has
+        locked (SQLITE_BUSY: nothing done) is tried again after a pause of 1, 2, 4... up to 10 ms, with the lock let
+        go in between."""
+        deadline = time.monotonic() + self.timeout
+        pause = 0.001
+        while True:
+            if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise StoreUnavailable(f"host store {operation}: the file stayed locked for {self.timeout} s")
+            try:
+                with self._translated(operation):
+                    try:
+                        return work(self._connection())
+                    except sqlite3.OperationalError as exc:
+                        if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() + pause > deadline:
+                            raise
+            finally:
+                self._lock.release()
+            time.sleep(pause)
+            pause = min(2 * pause, 0.01)
+
     def _connection(self):
-        """This process's connection (the lock held). A file removed by a temp-file cleaner is made again, not
-        written on unlinked (one stat per call)."""
-        if self._db is None or self._pid != os.getpid() or not os.path.exists(self.path):
+        """This process's connection (the lock held). A file removed (a temp-file cleaner) or replaced is opened
+        anew, never written on where the other processes no longer read (one stat per call); a directory made
+        unusable since the start is StoreUnavailable, as a file that cannot be read is."""
+        try:
+            found = os.stat(self.path)
+            found = (found.st_dev, found.st_ino)
+        except FileNotFoundError:
+            found = None
+        if self._db is None or self._pid != os.getpid() or found is None or found != self._file:
             if self._db is not None and self._pid == os.getpid():
                 with suppress(sqlite3.Error):
                     self._db.close()
-            self._db, self._pid = self._connect(), os.getpid()
+            self._db = None
+            try:
+                db = self._connect()
+            except ConfigError as exc:
+                raise StoreUnavailable(f"host store open: {exc}") from exc
+            opened = os.stat(self.path)
+            self._db, self._pid, self._file = db, os.getpid(), (opened.st_dev, opened.st_ino)
         return self._db
 
     def get(self, key):
@@ -123,13 +170,13 @@ class HostStore:
 
     def put_many(self, entries):
         now = self.clock()
-        with self._lock, self._translated("write"):
-            db = self._connection()
-            db.execute("BEGIN IMMEDIATE")
+        rows = [(key, value, now + ttl) for key, value, ttl in entries]
+
+        def transaction(db):
+            db.execute("BEGIN IMMEDIATE")  # (a file locked elsewhere: nothing begun, tried again)
             try:
                 db.executemany("INSERT INTO entries (key, value, expires) VALUES (?, ?, ?) ON CONFLICT (key) DO "
-                               "UPDATE SET value = excluded.value, expires = excluded.expires",
-                               [(key, value, now + ttl) for key, value, ttl in entries])
+                               "UPDATE SET value = excluded.value, expires = excluded.expires", rows)
                 db.execute("COMMIT")
             except BaseException:
                 # Never leave the process's one connection inside a transaction: every later write would join it.
@@ -137,6 +184,8 @@ class HostStore:
                 with suppress(sqlite3.Error):
                     db.close()  # (closing rolls back what is not committed)
                 raise
+
+        self._locked("write", transaction)
         self._sweep(now)
 
     def put_new(self, key, value, ttl):
@@ -187,7 +236,10 @@ class HostStore:
         return True
 
     def _sweep(self, now):
+        """Now and then, the expired entries deleted: housekeeping, whose failure never fails the write before it
+        (the next sweep is a minute later)."""
         if now - self._swept_at >= SWEEP_SECONDS:
             self._swept_at = now
-            self._run("sweep", "DELETE FROM entries WHERE expires <= ?", (now,))
-            self._run("sweep", "DELETE FROM feeds WHERE expires <= ?", (now,))
+            with suppress(StoreUnavailable):
+                self._run("sweep", "DELETE FROM entries WHERE expires <= ?", (now,))
+                self._run("sweep", "DELETE FROM feeds WHERE expires <= ?", (now,))
