@@ -213,6 +213,40 @@ def test_a_host_store_file_removed_and_made_again_is_the_one_every_process_write
     assert HostStore(str(tmp_path / "s")).get("from second") == b"3"
 
 
+def test_a_file_replaced_just_as_a_process_opens_it_is_noticed_at_its_next_write(tmp_path, monkeypatch):
+    """The file is removed and made again by another process right after this one opened it: its next write goes
+    to the new file, not to the removed one that only it still holds."""
+    first, second = HostStore(str(tmp_path / "s")), HostStore(str(tmp_path / "s"))
+    second.put("k", b"before", 60)
+    opened, replaced = HostStore._connect, []
+
+    def connect_then_replaced(store, busy_timeout=0.0):
+        connection = opened(store, busy_timeout)
+        if store is first and not replaced:
+            replaced.append(True)
+            os.remove(store.path)
+            second.get("anything")  # the other process makes the file again
+        return connection
+
+    monkeypatch.setattr(HostStore, "_connect", connect_then_replaced)
+    first.get("k")  # opens, and the file is replaced under it
+    first.put("from first", b"1", 60)
+    assert replaced and second.get("from first") == b"1"
+
+
+def test_a_feed_read_on_across_its_file_made_again_skips_nothing_written_to_the_new_file(tmp_path):
+    """A reader's cursor from the removed file (the ended-sessions feed every worker follows) still finds what is
+    appended to the new one."""
+    reader, writer = HostStore(str(tmp_path / "s")), HostStore(str(tmp_path / "s"))
+    for n in range(5):
+        writer.append("ended", f"before {n}".encode(), 3600)
+    cursor, values = reader.since("ended", None)
+    assert len(values) == 5
+    os.remove(tmp_path / "s" / HostStore.FILE)
+    writer.append("ended", b"a session ended after", 3600)  # into the file made again
+    assert reader.since("ended", cursor)[1] == [b"a session ended after"]
+
+
 def test_a_state_directory_made_unusable_while_running_is_a_503_not_a_crash(tmp_path):
     store = HostStore(str(tmp_path / "s"))
     store.put("k", b"v", 10)

@@ -34,6 +34,11 @@ _SCHEMA = (
     "value BLOB NOT NULL, expires REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS feeds_feed ON feeds (feed, id)",
 )
+# A new file's feed ids start at the microseconds of the epoch, not at 1: a file removed and made again (a temp-file
+# cleaner) hands out ids above every cursor that readers kept from the one before, which gave out one id per entry
+# from its own creation on, so none of the new file's entries (an ended session) is skipped.
+_FIRST_FEED_ID = ("INSERT INTO sqlite_sequence (name, seq) SELECT 'feeds', ? "
+                  "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'feeds')")
 
 
 class HostStore:
@@ -52,27 +57,32 @@ class HostStore:
         self._db, self._pid, self._file = None, None, None
         self._swept_at = 0.0  # (read and set without the lock: two threads may both sweep, which does no harm)
         with self._translated("open"):  # now: a directory or file that cannot be used stops the start
-            self._connect(busy_timeout=timeout).close()
+            self._connect(busy_timeout=timeout)[0].close()
 
     def _connect(self, busy_timeout=0.0):
-        """A connection to the file, made (with its directory and tables) if a temp-file cleaner removed it. Its busy
-        timeout is 0 once started: `_locked` waits for a locked file itself."""
+        """(connection, the identity of its file): the file made (with its directory and tables) if a temp-file
+        cleaner removed it. The identity is read before the file is opened, so that a file replaced in between shows
+        as another one at the next operation. The busy timeout is 0 once started: `_locked` waits for a locked file
+        itself."""
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         info = os.lstat(self.directory)
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
             raise ConfigError(f"state directory {self.directory} (under XDG_RUNTIME_DIR or TMPDIR) must be a "
                               "directory of this user, mode 0700")
         self._create_file()
+        found = os.stat(self.path)
         db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable enough for this state, no fsync per write
             for statement in _SCHEMA:
                 db.execute(statement)
+            if db.execute("SELECT 1 FROM sqlite_sequence WHERE name = 'feeds'").fetchone() is None:  # a new file
+                db.execute(_FIRST_FEED_ID, (int(time.time() * 1_000_000),))
         except BaseException:
             db.close()
             raise
-        return db
+        return db, (found.st_dev, found.st_ino)
 
     def _create_file(self):
         """The database file, made if it is missing, one process at a time. A new file never meets the write-ahead
@@ -145,11 +155,10 @@ class HostStore:
                     self._db.close()
             self._db = None
             try:
-                db = self._connect()
+                db, identity = self._connect()
             except ConfigError as exc:
                 raise StoreUnavailable(f"host store open: {exc}") from exc
-            opened = os.stat(self.path)
-            self._db, self._pid, self._file = db, os.getpid(), (opened.st_dev, opened.st_ino)
+            self._db, self._pid, self._file = db, os.getpid(), identity
         return self._db
 
     def get(self, key):
