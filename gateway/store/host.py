@@ -149,7 +149,7 @@ class HostStore:
             found = (found.st_dev, found.st_ino)
         except FileNotFoundError:
             found = None
-        if self._db is None or self._pid != os.getpid() or found is None or found != self._file:
+        if self._db is None or self._pid != os.getpid() or found != self._file:  # (a missing file: None)
             if self._db is not None and self._pid == os.getpid():
                 with suppress(sqlite3.Error):
                     self._db.close()
